@@ -1,0 +1,1 @@
+"""Built-in soundsight plugins (installed as ``soundsight_plugins``)."""

@@ -1,0 +1,3 @@
+from soundsight.cli import main
+
+main()

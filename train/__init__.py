@@ -1,0 +1,1 @@
+"""Training entrypoints, dataset builders and evaluation (installed as ``soundsight_train``)."""
