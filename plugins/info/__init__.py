@@ -1,0 +1,1 @@
+"""Built-in plugin `info`: what a media file holds (audio levels, image size, video streams)."""
