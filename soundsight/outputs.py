@@ -68,14 +68,18 @@ def atomic_path(path: str | os.PathLike, *, force: bool = True) -> Iterator[Path
         )
     except FileNotFoundError:
         raise OutputError(f"output folder {path.parent} does not exist") from None
-    except PermissionError:
-        raise OutputError(f"output folder {path.parent} is not writable") from None
+    except OSError as exc:
+        raise OutputError(f"cannot write in {path.parent}: {exc.strerror or exc}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         if not tmp_path.exists() or tmp_path.stat().st_size == 0:
             raise OutputError(f"nothing was written for {path}")
+        # mkstemp creates 0600 files; give outputs the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

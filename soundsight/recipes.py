@@ -65,8 +65,8 @@ class Summary:
 
         for p in self.planned:
             console.out(f"would run {p['item']}: {', '.join(p['outputs']) or '(no outputs)'}")
-        for f in self.failed:
-            console.err(f"failed {f['item']}: {f['error']}")
+        for f in self.failed:  # the one-line error on stderr summarises; details are data
+            console.out(f"failed {f['item']}: {f['error']}")
         console.out(
             f"{self.total} item(s): {len(self.done)} done, {len(self.skipped)} skipped (already done), "
             f"{len(self.failed)} failed" + (f", {len(self.planned)} planned (dry run)" if self.planned else "")
@@ -239,8 +239,6 @@ def plan(recipe_path: Path) -> list[Item]:
                     out = params[key]
                     if out in step_outputs or out in produced:
                         raise RecipeError(f"{where}: parameter {key!r}: output {out} is written by two items")
-                    if not Path(out).parent.exists():
-                        raise RecipeError(f"{where}: parameter {key!r}: output folder {Path(out).parent} does not exist")
                     step_outputs.add(out)
                     outputs.append(Path(out))
             item_label = f"{label}[{target.name}]" if target is not None else label
@@ -313,6 +311,13 @@ def run_recipe(path: Path, *, dry_run: bool = False, resume: bool = True, force:
         if foreign and not force:
             summary.failed.append({"item": item.label,
                                    "error": f"output {foreign[0]} exists and was not written by soundsight (use --force)"})
+            advance()
+            continue
+        try:  # output folders are created on demand, like `mkdir -p`
+            for o in item.outputs:
+                o.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            summary.failed.append({"item": item.label, "error": f"cannot create output folder: {exc.strerror or exc}"})
             advance()
             continue
         ctx = StepContext(
