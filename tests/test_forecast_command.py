@@ -1,0 +1,123 @@
+"""`soundsight forecast` end to end with a tiny random-weight model (never the shipped one)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_video, make_wav
+from support import assert_user_error, run_cli
+
+CLIP = Path(__file__).resolve().parents[1] / "plugins" / "forecast" / "assets" / "m3so-test.mp4"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    import torch
+
+    from soundsight.registry import save_model
+    from soundsight_plugins.forecast.model import Sound2Sight, Sound2SightConfig
+
+    torch.manual_seed(0)
+    cfg = Sound2SightConfig.for_size(48, nf=4, g_dim=16, rnn_size=16, embed_dim=16, tf_ff=16, tf_heads=2,
+                                     d_nf=4, d_hidden=4)
+    model = Sound2Sight(cfg).eval()
+    folder = tmp_path_factory.mktemp("models") / "tiny-forecast"
+    return save_model(folder, name="tiny-forecast", task="frame-forecast", architecture="sound2sight",
+                      config=cfg.to_dict(), tensors={"model.safetensors": model.state_dict()})
+
+
+def strip_pixels(path):
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def test_forecast_writes_video_strip_and_metrics(tmp_path, tiny_model):
+    out, strip = tmp_path / "f.mp4", tmp_path / "f.png"
+    r = run_cli("forecast", CLIP, "--model", tiny_model, "--samples", "4", "--out", out, "--strip", strip, "--json")
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert (report["seen"], report["predict"], report["real_future_frames"]) == (5, 25, 25)
+    m = report["metrics"]
+    assert m["frames"] == list(range(6, 31)) and len(m["ssim_best"]) == 25
+    assert all(-1 <= v <= 1 for v in m["ssim_best"]) and m["best_sample"] in range(4)
+    info = json.loads(run_cli("info", out, "--json").out)[0]
+    assert (info["frames"], info["width"], info["fps"], info["has_audio"]) == (30, 48, 10, True)
+    px = strip_pixels(strip)
+    assert px.shape == (5 * 49 + 1, 30 * 49 + 1, 3)  # row of real frames + one row per sample
+    sidecar = json.loads(Path(str(out) + ".soundsight.json").read_text())
+    assert sidecar["seed"] == 0 and "tiny-forecast" in sidecar["models"]
+
+
+def test_same_seed_same_futures(tmp_path, tiny_model):
+    strips = []
+    for i, seed in enumerate((3, 3, 4)):
+        strip = tmp_path / f"s{i}.png"
+        r = run_cli("forecast", CLIP, "--model", tiny_model, "--samples", "3", "--seed", seed,
+                    "--out", tmp_path / f"o{i}.mp4", "--strip", strip)
+        assert r.code == 0, r.err
+        strips.append(strip_pixels(strip))
+    assert np.array_equal(strips[0], strips[1])
+    assert not np.array_equal(strips[0], strips[2])
+
+
+def test_pick_all_tiles_and_upscale(tmp_path, tiny_model):
+    r = run_cli("forecast", CLIP, "--model", tiny_model, "--samples", "4", "--pick", "all", "--predict", "5",
+                "--out", tmp_path / "all.mp4", "--json")
+    assert r.code == 0, r.err
+    info = json.loads(run_cli("info", tmp_path / "all.mp4", "--json").out)[0]
+    assert (info["width"], info["height"], info["frames"]) == (96, 96, 10)
+
+
+def test_external_audio_for_silent_video(tmp_path, tiny_model):
+    clip = make_video(tmp_path / "mute.mp4", frames=12, fps=25, size=(64, 40), audio=False)
+    assert_user_error(run_cli("forecast", clip, "--model", tiny_model, "--out", tmp_path / "x.mp4"), "no audio track")
+    assert not (tmp_path / "x.mp4").exists()
+    wav = make_wav(tmp_path / "tone.wav", sr=22050, seconds=2.0)
+    r = run_cli("forecast", clip, "--model", tiny_model, "--audio", f"{wav}*0.5", "--seen", "3", "--predict", "4",
+                "--out", tmp_path / "x.mp4", "--upscale", "--json")
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert report["real_future_frames"] == 2  # 12 frames at 25 fps → 5 at 10 fps, 3 of them seen
+    info = json.loads(run_cli("info", tmp_path / "x.mp4", "--json").out)[0]
+    assert (info["width"], info["height"], info["frames"]) == (64, 40, 7)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--seen", "30", "--predict", "5"], "needs at least 31"),
+    (["--seen", "1"], "outside what"),
+    (["--samples", "0"], "at least 1"),
+    (["--pick", "worst"], "--pick"),
+])
+def test_errors_write_nothing(tmp_path, tiny_model, args, message):
+    out = tmp_path / "o.mp4"
+    assert_user_error(run_cli("forecast", CLIP, "--model", tiny_model, "--out", out, "--strip", tmp_path / "s.png", *args), message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreadable_clip_and_unknown_model(tmp_path, tiny_model):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all" * 10)
+    assert_user_error(run_cli("forecast", bad, "--model", tiny_model, "--out", tmp_path / "o.mp4"), "bad.mp4")
+    assert_user_error(run_cli("forecast", CLIP, "--model", "no-such-model", "--out", tmp_path / "o.mp4"), "unknown model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mp4"]
+
+
+def test_recipe_step(tmp_path, tiny_model):
+    (tmp_path / "out").mkdir()
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""
+version: 1
+defaults: {{seed: 1, samples: 2, model: '{tiny_model}'}}
+steps:
+  - step: forecast
+    for_each: ['{CLIP}']
+    with: {{clip: '{{item}}', out: 'out/{{stem}}.mp4', strip: 'out/{{stem}}.png', predict: 6}}
+""")
+    r = run_cli("run", recipe, "--json")
+    assert r.code == 0, r.err
+    assert len(json.loads(r.out)["done"]) == 1
+    assert (tmp_path / "out" / "m3so-test.png").exists()
+    assert len(json.loads(run_cli("run", recipe, "--json").out)["skipped"]) == 1
