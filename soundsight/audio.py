@@ -32,6 +32,7 @@ import numpy as np
 
 from soundsight import console
 from soundsight.errors import InputError, OutputError
+from soundsight.inputs import check_input_file
 
 RESAMPLE_QUALITY = "HQ"
 
@@ -57,22 +58,7 @@ _READ_BLOCK = 65536  # frames per read when loading through a stream
 
 
 def _check_file(path) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"no such file: {path}")
-    if p.is_dir():
-        raise InputError(f"{path} is a directory, not an audio file")
-    try:
-        size = p.stat().st_size
-        with open(p, "rb"):
-            pass
-    except PermissionError:
-        raise InputError(f"{path} is not readable (permission denied)") from None
-    except OSError as exc:
-        raise InputError(f"cannot open {path}: {exc.strerror or exc}") from None
-    if size == 0:
-        raise InputError(f"{path} is empty (0 bytes)")
-    return p
+    return check_input_file(path, "audio file")
 
 
 def _first_line(exc: BaseException) -> str:

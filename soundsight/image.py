@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from soundsight.errors import InputError, OutputError
+from soundsight.inputs import check_input_file
 
 MAX_PIXELS = 64_000_000
 MAX_PIXELS_ENV = "SOUNDSIGHT_MAX_PIXELS"
@@ -59,22 +60,7 @@ def max_pixels() -> int:
 
 
 def _check_file(path) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"no such file: {path}")
-    if p.is_dir():
-        raise InputError(f"{path} is a directory, not an image file")
-    try:
-        size = p.stat().st_size
-        with open(p, "rb"):
-            pass
-    except PermissionError:
-        raise InputError(f"{path} is not readable (permission denied)") from None
-    except OSError as exc:
-        raise InputError(f"cannot open {path}: {exc.strerror or exc}") from None
-    if size == 0:
-        raise InputError(f"{path} is empty (0 bytes)")
-    return p
+    return check_input_file(path, "image file")
 
 
 def _reason(exc: BaseException) -> str:

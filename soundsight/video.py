@@ -29,6 +29,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from soundsight.errors import InputError, OutputError
+from soundsight.inputs import check_input_file
 
 #: refuse to hold more decoded frames than this in memory (bytes); env overrides
 MAX_FRAME_BYTES = 4 * 1024**3
@@ -40,22 +41,7 @@ RESIZE_ALGO = "lanczos"
 
 
 def _check_file(path) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"no such file: {path}")
-    if p.is_dir():
-        raise InputError(f"{path} is a directory, not a video file")
-    try:
-        size = p.stat().st_size
-        with open(p, "rb"):
-            pass
-    except PermissionError:
-        raise InputError(f"{path} is not readable (permission denied)") from None
-    except OSError as exc:
-        raise InputError(f"cannot open {path}: {exc.strerror or exc}") from None
-    if size == 0:
-        raise InputError(f"{path} is empty (0 bytes)")
-    return p
+    return check_input_file(path, "video file")
 
 
 def _ffmpeg_reason(exc: BaseException) -> str:
