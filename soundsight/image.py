@@ -171,7 +171,7 @@ def load_image(path, *, min_side: int = 8):
 
     The whole image is decoded here, so truncated or corrupt files fail now, not later.
     """
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     with _open(path) as im:
         try:

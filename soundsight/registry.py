@@ -252,6 +252,7 @@ def save_model(
             **(extra or {}),
         }
         (tmp / CARD).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
+        tmp.chmod(0o755)  # mkdtemp makes 0700; a model folder is meant to be shared
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
@@ -276,6 +277,7 @@ def import_model(src: str | os.PathLike, *, force: bool = False) -> Path:
         for name in [CARD, *card["files"], *[p.name for p in src.glob("*.md")]]:
             shutil.copy2(src / name, tmp / name)
         verify_folder(tmp)
+        tmp.chmod(0o755)
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)

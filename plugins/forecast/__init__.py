@@ -1,0 +1,1 @@
+"""frame-forecast plugin: Sound2Sight audio-conditioned video forecasting."""

