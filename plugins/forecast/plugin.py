@@ -100,9 +100,9 @@ def register_commands(app):
     ):
         """Forecast the next frames of a clip from its first frames and its whole soundtrack (Sound2Sight).
 
-        The clip is resampled to the model's frame rate and size (m3so-nb-48: 10 fps, 48x48 grey,
-        audio 4400 Hz, 440 samples per frame). If the clip goes on past the forecast, per-frame
-        SSIM/PSNR of the picked sample against the real frames are printed (the paper's protocol).
+        The clip is resampled to the model's frame rate and size (m3so-nb-48: 10 fps, 48x48 grey, audio 4400 Hz, 440 samples per frame); audio chunk t is the sound during frame t.
+
+        If the clip goes on past the forecast, per-frame SSIM/PSNR of the picked sample against the real frames are printed (the paper's protocol).
         """
         from soundsight import console, session
 
