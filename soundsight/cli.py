@@ -79,12 +79,9 @@ def plugins_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON."
 
 # ---------------------------------------------------------------- models
 def _model_specs():
-    from soundsight.plugins import get_plugin_manager
-    from soundsight.registry import ModelSpec
+    from soundsight.registry import model_specs
 
-    specs: list[ModelSpec] = []
-    get_plugin_manager().hook.register_models(register=specs.append)
-    return {s.name: s for s in specs}
+    return {s.name: s for s in model_specs() if s.name}
 
 
 @models_app.command("list")

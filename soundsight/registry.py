@@ -62,12 +62,20 @@ def sha256_file(path: Path) -> str:
 
 @dataclass
 class ModelSpec:
-    """What a plugin tells the registry about a model it uses (for listing and doctor)."""
+    """What a plugin tells the registry through ``register_models``.
+
+    ``name``/``task``: a model the plugin uses by default (shown by ``soundsight models list``).
+    ``architecture`` + ``loader``: the plugin can build models whose card names this
+    architecture; ``loader(folder: ModelFolder, device) -> model``. This is how one plugin uses
+    a model another plugin defines without importing it: ``registry.load(name, device)``.
+    """
 
     name: str
     task: str
     description: str = ""
     plugin: str = ""
+    architecture: str = ""
+    loader: Any = field(default=None, repr=False)
 
 
 @dataclass
@@ -199,6 +207,32 @@ def resolve(name_or_path: str | os.PathLike, task: str | None = None) -> ModelFo
     if task is not None and card.get("task") != task:
         raise ModelError(f"model {card['name']} is a {card.get('task')!r} model, not {task!r}")
     return ModelFolder(path=folder, card=card, origin=str(folder.parent))
+
+
+def model_specs() -> list[ModelSpec]:
+    from soundsight.plugins import get_plugin_manager
+
+    specs: list[ModelSpec] = []
+    get_plugin_manager().hook.register_models(register=specs.append)
+    return specs
+
+
+def load(name_or_path: str | os.PathLike, device=None, *, task: str | None = None):
+    """Resolve and verify a model, then build it with the loader a plugin registered for its
+    architecture. ``device`` is a ``soundsight.device.Device`` (default: the session's)."""
+    folder = resolve(name_or_path, task=task)
+    arch = folder.card.get("architecture", "")
+    loaders = [s for s in model_specs() if s.architecture == arch and s.loader is not None]
+    if not loaders:
+        raise ModelError(
+            f"model {folder.name} has architecture {arch!r}, which no loaded plugin provides "
+            "(see `soundsight plugins`)"
+        )
+    if device is None:
+        from soundsight import session
+
+        device = session.current().device()
+    return loaders[0].loader(folder, device)
 
 
 def save_model(

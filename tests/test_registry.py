@@ -97,3 +97,20 @@ def test_models_show_json(tmp_path, home):
     r = run_cli("models", "show", "tiny", "--json", env={"SOUNDSIGHT_HOME": str(home)})
     card = json.loads(r.out)
     assert card["path"] == str(folder) and card["metrics"] == {"acc": 0.5}
+
+
+def test_load_dispatches_on_architecture(tmp_path, home, monkeypatch):
+    folder = make_model(tmp_path / "tiny")
+    calls = []
+
+    def loader(model_folder, device):
+        calls.append(device)
+        return model_folder.tensors()["w"] * 3
+
+    spec = registry.ModelSpec(name="", task="test", architecture="linear", loader=loader)
+    monkeypatch.setattr(registry, "model_specs", lambda: [spec])
+    assert torch.equal(registry.load(folder, device="dev0"), torch.full((3,), 3.0))
+    assert calls == ["dev0"]
+    monkeypatch.setattr(registry, "model_specs", lambda: [])
+    with pytest.raises(ModelError, match="architecture 'linear', which no loaded plugin provides"):
+        registry.load(folder, device="dev0")

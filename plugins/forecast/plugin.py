@@ -28,7 +28,6 @@ def run_forecast(clip: Path, *, seen: Optional[int], predict: Optional[int], sam
     from soundsight.outputs import check_output, make_provenance
     from soundsight.video import write_video
 
-    from .model import Sound2Sight
     from .pipeline import forecast, load_clip_for_model, strip_image, video_frames
 
     if pick not in PICKS:
@@ -52,7 +51,7 @@ def run_forecast(clip: Path, *, seen: Optional[int], predict: Optional[int], sam
     if not 2 <= seen <= max_len - predict:
         raise InputError(f"--seen {seen} is outside what {folder.name} supports (2..{max_len - predict} with --predict {predict})")
 
-    model = Sound2Sight.from_registry(folder, device.torch_device)
+    model = registry.load(folder.path, device, task="frame-forecast")
     cfg = model.cfg
     frames, chunks, meta = load_clip_for_model(clip, cfg, seen, predict, audio)
     result = forecast(model, cfg, frames, chunks, seen=seen, predict=predict, samples=samples, seed=seed,
@@ -152,10 +151,17 @@ def register_recipe_steps(register):
     ))
 
 
+def _load_sound2sight(folder, device):
+    from .model import Sound2Sight
+
+    return Sound2Sight.from_registry(folder, device.torch_device)
+
+
 @hookimpl
 def register_models(register):
     register(ModelSpec(name=DEFAULT_MODEL, task="frame-forecast", plugin="forecast",
-                       description="Sound2Sight trained on M3SO-NB, 48 px"))
+                       description="Sound2Sight trained on M3SO-NB, 48 px",
+                       architecture="sound2sight", loader=_load_sound2sight))
 
 
 @hookimpl
