@@ -1,0 +1,478 @@
+"""Shared plumbing of the scene-gen training entrypoints (scene_image_encoder, scene_gan,
+scene_audio_encoder, scene_ldm): distributed setup, the scenes data, checkpoints, the learning
+curve, augmentations, evaluation helpers and the registry card's common parts.
+
+Checkpoints (``<run>/ckpt``): each module's state dict as safetensors, optimizer / scaler / RNG
+state in ``optim.pt`` (read back with ``torch.load(weights_only=True)``), ``state.json``; the
+folder is replaced atomically (written as ``.ckpt.tmp``, then renamed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# --------------------------------------------------------------------------------------------
+# Distributed
+
+
+def setup_distributed(device_spec: str | None):
+    """(rank, world, local_rank, Device); initialises torch.distributed from the torchrun env."""
+    from soundsight.device import resolve_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1:
+        import torch.distributed as dist
+
+        if torch.cuda.is_available() and (device_spec in (None, "auto") or str(device_spec).startswith("cuda")):
+            device_spec = f"cuda:{local}"
+            torch.cuda.set_device(local)
+            backend = "nccl"
+        else:
+            backend = "gloo"
+        dist.init_process_group(backend=backend)
+    return rank, world, local, resolve_device(device_spec)
+
+
+def cleanup_distributed(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def unwrap(m):
+    return m.module if hasattr(m, "module") else m
+
+
+def wrap_ddp(module, dev, world: int):
+    if world <= 1:
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(module, device_ids=[dev.torch_device.index] if dev.is_cuda else None)
+
+
+def make_scaler(dev):
+    """A GradScaler for fp16 autocast on CUDA; None otherwise (bf16 and fp32 need none)."""
+    if dev.is_cuda and dev.autocast_dtype == torch.float16:
+        return torch.amp.GradScaler("cuda")
+    return None
+
+
+def backward_step(loss, opt, scaler, params=None, clip: float = 0.0):
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        if clip > 0:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+def find_scenes(data: str | None) -> Path:
+    """A scenes dataset folder: ``data`` itself if it holds meta.json, else one under the data root."""
+    from soundsight_train.scenes import default_data_dir
+
+    p = Path(data).expanduser() if data else default_data_dir()
+    if (p / "meta.json").is_file():
+        return p
+    cands = sorted(q.parent for q in p.glob("scenes-*/meta.json"))
+    if not cands:
+        raise SystemExit(f"error: no scenes dataset under {p}; build one with "
+                         f"`python -m soundsight_train.scenes build --train 5000 --val 500 --test 500 --seconds 5`")
+    pref = [c for c in cands if c.name == "scenes-5s-s0"]
+    if pref:
+        return pref[0]
+    if len(cands) > 1:
+        raise SystemExit(f"error: several scenes datasets under {p} ({', '.join(c.name for c in cands)}); "
+                         "pass one with --data")
+    return cands[0]
+
+
+def images_nchw(split, size: int) -> torch.Tensor:
+    """uint8 (N, 3, size, size) of a SceneSplit, in memory."""
+    return torch.from_numpy(np.ascontiguousarray(split.images_at(size))).permute(0, 3, 1, 2).contiguous()
+
+
+def to_unit(x_uint8: torch.Tensor, device, channels_last: bool = False) -> torch.Tensor:
+    """uint8 NCHW → float [0, 1] on ``device``."""
+    x = x_uint8.to(device, non_blocking=True).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def take(split_len: int, batch: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.randint(split_len, (batch,), generator=gen)
+
+
+@torch.no_grad()
+def encode_images(encoder, images_u8: torch.Tensor, device, batch: int = 256, flip: bool = False,
+                  normalize: bool = True) -> torch.Tensor:
+    """f_V features (N, D) (unit-norm unless told otherwise) of uint8 NCHW images, on CPU."""
+    enc = unwrap(encoder)
+    was = enc.training
+    enc.eval()
+    out = []
+    for i in range(0, len(images_u8), batch):
+        x = to_unit(images_u8[i:i + batch], device)
+        if flip:
+            x = x.flip(-1)
+        f = enc(x).float()
+        out.append((F.normalize(f, dim=-1) if normalize else f).cpu())
+    enc.train(was)
+    return torch.cat(out, 0)
+
+
+def load_image_encoder(name_or_path: str, device):
+    """The frozen f_V of an earlier stage (a registry name or folder) and its ModelFolder."""
+    from soundsight.registry import resolve
+
+    from soundsight_plugins.scene_gen.encoders import IMAGE_TASK, ImageEncoder
+
+    folder = resolve(name_or_path, task=IMAGE_TASK)
+    enc = ImageEncoder.from_registry(folder, device.torch_device)
+    enc.requires_grad_(False)
+    return enc, folder
+
+
+def model_ref(folder) -> dict:
+    """How a card names another model it depends on."""
+    return {"name": folder.name, "path": str(folder.path), "files": folder.provenance()}
+
+
+# --------------------------------------------------------------------------------------------
+# Augmentations (batched, in torch, on [0, 1] NCHW images)
+
+
+def random_resized_crop(x: torch.Tensor, gen: torch.Generator, scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3),
+                        flip: bool = True) -> torch.Tensor:
+    """Per-sample random crop (area fraction in ``scale``, aspect in ``ratio``) resized back to the
+    input size, plus a random horizontal flip; one affine grid_sample for the whole batch."""
+    b, dev = len(x), x.device
+    area = torch.empty(b).uniform_(*scale, generator=gen)
+    logr = torch.empty(b).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
+    r = torch.exp(logr)
+    w = torch.sqrt(area * r).clamp(max=1.0)
+    h = torch.sqrt(area / r).clamp(max=1.0)
+    cx = (torch.rand(b, generator=gen) * 2 - 1) * (1 - w)
+    cy = (torch.rand(b, generator=gen) * 2 - 1) * (1 - h)
+    sx = w * (torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0) if flip else 1.0)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = sx, cx
+    theta[:, 1, 1], theta[:, 1, 2] = h, cy
+    grid = F.affine_grid(theta.to(dev, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def colour_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 0.4, p: float = 0.8,
+                  p_gray: float = 0.2) -> torch.Tensor:
+    """SimCLR-style brightness / contrast / saturation jitter (prob ``p``) and greyscale (``p_gray``)."""
+    b, dev = len(x), x.device
+
+    def u(lo, hi):
+        return torch.empty(b, 1, 1, 1).uniform_(lo, hi, generator=gen).to(dev, x.dtype)
+
+    apply = (torch.rand(b, 1, 1, 1, generator=gen) < p).to(dev, x.dtype)
+    s = strength
+    y = x * u(1 - s, 1 + s)
+    m = y.mean((1, 2, 3), keepdim=True)
+    y = (y - m) * u(1 - s, 1 + s) + m
+    g = (0.299 * y[:, :1] + 0.587 * y[:, 1:2] + 0.114 * y[:, 2:3])
+    y = (y - g) * u(1 - s, 1 + s) + g
+    y = apply * y + (1 - apply) * x
+    gray = (torch.rand(b, 1, 1, 1, generator=gen) < p_gray).to(dev, x.dtype)
+    g = (0.299 * y[:, :1] + 0.587 * y[:, 1:2] + 0.114 * y[:, 2:3]).expand_as(y)
+    return (gray * g + (1 - gray) * y).clamp(0, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation helpers
+
+
+def knn_accuracy(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor,
+                 k: int = 20, n_classes: int | None = None, extra_y: torch.Tensor | None = None) -> dict:
+    """Weighted kNN (cosine, weights exp(sim / 0.07)) top-1 accuracy on ``test_y``; with
+    ``extra_y`` (N, 2, -1 = none) also the rate at which the prediction is any of the sample's labels."""
+    tf = F.normalize(train_f.float(), dim=-1)
+    qf = F.normalize(test_f.float(), dim=-1)
+    n_classes = n_classes or int(max(train_y.max(), test_y.max())) + 1
+    k = min(k, len(tf))
+    sims, idx = (qf @ tf.t()).topk(k, dim=1)
+    w = torch.exp(sims / 0.07)
+    votes = torch.zeros(len(qf), n_classes).scatter_add_(1, train_y[idx].long(), w)
+    pred = votes.argmax(1)
+    out = {"knn_top1": round(float((pred == test_y).float().mean()), 4), "k": k}
+    if extra_y is not None:
+        out["knn_any_label"] = round(float((pred[:, None] == extra_y).any(1).float().mean()), 4)
+    return out
+
+
+def ridge_r2(train_x, train_t, test_x, test_t, lam: float = 1e-2) -> float:
+    """R^2 on the test set of a ridge regression (features → scalar target)."""
+    X = torch.cat([train_x.double(), torch.ones(len(train_x), 1, dtype=torch.double)], 1)
+    A = X.t() @ X + lam * torch.eye(X.shape[1], dtype=torch.double)
+    w = torch.linalg.solve(A, X.t() @ train_t.double())
+    Xt = torch.cat([test_x.double(), torch.ones(len(test_x), 1, dtype=torch.double)], 1)
+    pred = Xt @ w
+    ss_res = float(((test_t.double() - pred) ** 2).sum())
+    ss_tot = float(((test_t.double() - test_t.double().mean()) ** 2).sum())
+    return round(1 - ss_res / max(ss_tot, 1e-12), 4)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (N, D) (the FID formula)."""
+    from scipy import linalg
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    import warnings
+
+    with warnings.catch_warnings():  # fewer samples than dimensions: singular, handled below
+        warnings.simplefilter("ignore")
+        covmean = linalg.sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():
+        off = np.eye(len(s1)) * 1e-6
+        covmean = linalg.sqrtm((s1 + off) @ (s2 + off))
+    covmean = covmean.real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+@torch.no_grad()
+def generation_metrics(encoder, real_u8: torch.Tensor, fake01: torch.Tensor, cond: torch.Tensor, device) -> dict:
+    """FID-lite: the Fréchet distance in f_V's pooled feature space between generated and real
+    images (not comparable to Inception FID), and conditioning consistency: mean cosine between
+    f_V(generated) and the conditioning feature, against the mean cosine of unrelated pairs."""
+    enc = unwrap(encoder)
+    real_pool, fake_pool, fake_f = [], [], []
+    for i in range(0, len(real_u8), 128):
+        real_pool.append(enc.pooled(to_unit(real_u8[i:i + 128], device)).float().cpu())
+    for i in range(0, len(fake01), 128):
+        x = fake01[i:i + 128].to(device)
+        p = enc.pooled(x)
+        fake_pool.append(p.float().cpu())
+        fake_f.append(F.normalize(enc.fc(p).float(), dim=-1).cpu())
+    real_pool, fake_pool, fake_f = torch.cat(real_pool), torch.cat(fake_pool), torch.cat(fake_f)
+    c = F.normalize(cond.float(), dim=-1)
+    cos = (fake_f * c).sum(1)
+    cos_rand = (fake_f * c.roll(1, 0)).sum(1)
+    # how often the generated image's feature retrieves its own condition among all conditions
+    rank1 = float(((fake_f @ c.t()).argmax(1) == torch.arange(len(c))).float().mean())
+    return {"fid_fv": round(frechet_distance(real_pool.numpy(), fake_pool.numpy()), 3), "n": len(fake01),
+            "cond_cosine": round(float(cos.mean()), 4), "cond_cosine_unpaired": round(float(cos_rand.mean()), 4),
+            "cond_retrieval_r1": round(rank1, 4)}
+
+
+def save_grid(path: Path, rows: list[torch.Tensor], pad: int = 2) -> Path:
+    """PNG of rows of [0, 1] NCHW images (each row a tensor (n, 3, H, W), same H, W)."""
+    from PIL import Image
+
+    n = max(len(r) for r in rows)
+    h, w = rows[0].shape[-2:]
+    canvas = np.full((len(rows) * (h + pad) + pad, n * (w + pad) + pad, 3), 255, np.uint8)
+    for i, r in enumerate(rows):
+        arr = (r.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+        for j, im in enumerate(arr):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            canvas[y:y + h, x:x + w] = im
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(canvas).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints and the learning curve
+
+
+def save_checkpoint(run: Path, modules: dict, optimizers: dict, state: dict, extra: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    tmp = run / ".ckpt.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for name, m in modules.items():
+        if m is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in unwrap(m).state_dict().items()},
+                      str(tmp / f"{name}.safetensors"))
+    opt = {name: (o.state_dict() if o is not None else None) for name, o in optimizers.items()}
+    opt["torch_rng"] = torch.get_rng_state()
+    opt.update(extra or {})
+    torch.save(opt, tmp / "optim.pt")
+    (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str) + "\n")
+    ck, old = run / "ckpt", run / ".ckpt.old"
+    if ck.exists():
+        ck.rename(old)
+    tmp.rename(ck)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def load_checkpoint(ck: Path, modules: dict, optimizers: dict, device) -> tuple[dict, dict]:
+    """Restore modules and optimizers in place; returns (state, the optim.pt dict)."""
+    from safetensors.torch import load_file
+
+    for name, m in modules.items():
+        f = ck / f"{name}.safetensors"
+        if m is not None and f.is_file():
+            unwrap(m).load_state_dict(load_file(str(f), device=str(device)))
+    opt = torch.load(ck / "optim.pt", map_location=device, weights_only=True)
+    for name, o in optimizers.items():
+        if o is not None and opt.get(name) is not None:
+            o.load_state_dict(opt[name])
+    if opt.get("torch_rng") is not None:
+        torch.set_rng_state(opt["torch_rng"].cpu())
+    return json.loads((ck / "state.json").read_text()), opt
+
+
+def resume_state(args, run: Path, config: dict, log) -> Path | None:
+    """The checkpoint folder to resume from (None for a fresh run); refuses a different config."""
+    if not args.resume:
+        return None
+    ck = run / "ckpt" if args.resume == "auto" else Path(args.resume)
+    if not (ck / "state.json").is_file():
+        if args.resume != "auto":
+            raise SystemExit(f"error: no checkpoint at {ck}")
+        return None
+    saved = json.loads((ck / "state.json").read_text()).get("config", {})
+    diff = {k: (saved.get(k), v) for k, v in config.items()
+            if k in saved and json.dumps(saved[k]) != json.dumps(v) and not k.startswith(("norm_", "latent_scale"))}
+    if diff:
+        raise SystemExit(f"error: checkpoint {ck} was trained with a different config (saved vs now: {diff}); "
+                         "use another --run-dir")
+    log(f"resuming from {ck}")
+    return ck
+
+
+class Curve:
+    """Append-only JSON lines (main process only)."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.f = open(path, "a") if enabled else None
+
+    def write(self, rec: dict) -> None:
+        if self.f is not None:
+            self.f.write(json.dumps(rec) + "\n")
+            self.f.flush()
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+
+
+class Meter:
+    """Running means of scalar stats between log lines, with step timing."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.acc, self.n, self.t0 = {}, 0, time.time()
+
+    def add(self, stats: dict) -> None:
+        for k, v in stats.items():
+            self.acc[k] = self.acc.get(k, 0.0) + float(v)
+        self.n += 1
+
+    def finite(self) -> bool:
+        return all(math.isfinite(v) for v in self.acc.values())
+
+    def record(self, step: int, **extra) -> dict:
+        dt = time.time() - self.t0
+        rec = {"step": step, **{k: round(v / max(self.n, 1), 6) for k, v in self.acc.items()},
+               "sec_per_step": round(dt / max(self.n, 1), 4), **extra}
+        self.reset()
+        return rec
+
+
+def ema_update(ema, model, decay: float) -> None:
+    """ema ← decay·ema + (1-decay)·model for parameters; buffers (BN stats, SN vectors) copied."""
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(p.detach(), 1.0 - decay)
+        for be, b in zip(ema.buffers(), model.buffers()):
+            be.copy_(b)
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 0."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def command_line(module: str, argv) -> str:
+    return f"python -m soundsight_train.{module} " + " ".join(shlex.quote(a) for a in (argv if argv is not None
+                                                                                           else sys.argv[1:]))
+
+
+def common_args(ap: argparse.ArgumentParser, default_out: str) -> None:
+    ap.add_argument("--data", default=None, help="scenes dataset folder or data root (default $SOUNDSIGHT_DATA "
+                                                 "or ~/.cache/soundsight/data, scenes-5s-s0)")
+    ap.add_argument("--out", default=f"models/{default_out}", help="registry model folder to write")
+    ap.add_argument("--name", default=None, help="model name in the card (default: the folder name)")
+    ap.add_argument("--run-dir", dest="run", default=None, help="checkpoints and curve (default runs/<out name>)")
+    ap.add_argument("--resume", nargs="?", const="auto", default=None,
+                    help="resume from a checkpoint folder (default <run>/ckpt; a fresh start if none)")
+    ap.add_argument("--tiny", action="store_true", help="tiny model, few steps, few samples (tests, smoke runs)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default=None, help="auto|cpu|cuda[:i]|mps (torchrun: one GPU per process)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--log-every", type=int, default=20)
+    ap.add_argument("--ckpt-minutes", type=float, default=5.0)
+    ap.add_argument("--max-minutes", type=float, default=0.0,
+                    help="stop (checkpoint, evaluate, write the model) after this much training time; 0: no limit")
+
+
+def apply_tiny(args, argv, values: dict) -> None:
+    """``--tiny``: set these arguments unless they were given on the command line."""
+    given = {a.split("=", 1)[0] for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
+    for key, value in values.items():
+        if "--" + key.replace("_", "-") not in given:
+            setattr(args, key, value)
+
+
+def start(args, module: str, argv):
+    """Parse-time setup shared by the entrypoints: device, threads, run folder, logging."""
+    rank, world, local, dev = setup_distributed(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    main_proc = rank == 0
+    out = Path(args.out)
+    run = Path(args.run) if args.run else Path("runs") / out.name
+    if main_proc:
+        run.mkdir(parents=True, exist_ok=True)
+    log = (lambda *a: print(*a, flush=True)) if main_proc else (lambda *a: None)
+    return rank, world, dev, main_proc, out, run, log, command_line(module, argv)

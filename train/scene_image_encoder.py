@@ -1,0 +1,208 @@
+"""Stage 1 of scene-gen: the image encoder f_V, self-supervised (SimCLR) on the scene images.
+
+    python -m soundsight_train.scene_image_encoder [--data DIR] [--size 64] [--steps 2000] [--batch 128] \
+        [--out models/scene-image-encoder-64] [--resume] [--threads 2] [--max-minutes 40]
+    torchrun --nproc_per_node 4 -m soundsight_train.scene_image_encoder --preset paper ...   # DDP
+    python -m soundsight_train.scene_image_encoder --tiny --data DIR --out /tmp/fv   # smoke run (< 1 min)
+
+No labels are used for training. Two augmented views of each image (random resized crop with a
+mild scale range, 0.6–1 of the area by default, so that object size — which encodes loudness in
+this dataset — survives as a feature; horizontal flip; colour jitter; greyscale) go through
+f_V and a projection head; NT-Xent loss (temperature 0.2) over the 2B views of a process
+(negatives are not gathered across DDP processes). AdamW, linear warm-up + cosine decay.
+
+Evaluation (labels only here): weighted kNN top-1 accuracy of the loudest object's class on
+val with train features (``knn_top1``; ``knn_any_label``: the prediction is any object of the
+sample), the same kNN on raw 16x16 pixels as a reference, and a ridge "size probe": R^2 of
+log(gain) of the loudest object (the object's size is monotonic in it) from the features.
+Written to ``<run>/curve.jsonl`` every ``--eval-every`` steps and into the card at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from soundsight_plugins.scene_gen.encoders import (
+    IMAGE_ARCHITECTURE,
+    IMAGE_TASK,
+    ImageEncoder,
+    ImageEncoderConfig,
+    ProjectionHead,
+    count_parameters,
+)
+from soundsight_plugins.scene_gen.losses import nt_xent
+from soundsight_train import scene_common as sc
+
+
+class SimCLR(nn.Module):
+    def __init__(self, cfg: ImageEncoderConfig):
+        super().__init__()
+        self.encoder = ImageEncoder(cfg)
+        self.head = ProjectionHead(cfg.feature_dim, cfg.proj_dim)
+
+    def forward(self, x):
+        return self.head(self.encoder(x))
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m soundsight_train.scene_image_encoder",
+                                 description=__doc__.split("\n")[0])
+    sc.common_args(ap, "scene-image-encoder-64")
+    ap.add_argument("--size", type=int, choices=[32, 64, 128], default=64)
+    ap.add_argument("--preset", choices=["cpu", "paper", "tiny"], default="cpu")
+    ap.add_argument("--feature-dim", type=int, default=None, help="D (default: the preset's, 256 on cpu)")
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=128, help="images per step per process (2 views each)")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--wd", type=float, default=1e-4)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--temperature", type=float, default=0.2)
+    ap.add_argument("--crop-min", type=float, default=0.6, help="smallest crop area fraction")
+    ap.add_argument("--jitter", type=float, default=0.4, help="colour jitter strength")
+    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--eval-train", type=int, default=2000, help="train images that vote in kNN")
+    args = ap.parse_args(argv)
+    if args.tiny:
+        sc.apply_tiny(args, argv, dict(preset="tiny", size=32, steps=3, batch=8, warmup=1, eval_every=2,
+                                       eval_train=64, log_every=1))
+    return args
+
+
+@torch.no_grad()
+def evaluate(encoder, train, val, train_u8, val_u8, dev, n_train: int) -> dict:
+    n_train = min(n_train, len(train_u8))
+    ft = sc.encode_images(encoder, train_u8[:n_train], dev.torch_device)
+    fv = sc.encode_images(encoder, val_u8, dev.torch_device)
+    yt = torch.from_numpy(train.labels[:n_train, 0].astype("int64"))
+    yv = torch.from_numpy(val.labels[:, 0].astype("int64"))
+    extra = torch.from_numpy(val.labels.astype("int64"))
+    n_classes = len(train.classes)
+    m = sc.knn_accuracy(ft, yt, fv, yv, k=20, n_classes=n_classes, extra_y=extra)
+    pix_t = F.interpolate(train_u8[:n_train].float(), size=16, mode="area").flatten(1)
+    pix_v = F.interpolate(val_u8.float(), size=16, mode="area").flatten(1)
+    base = sc.knn_accuracy(pix_t - pix_t.mean(1, keepdim=True), yt, pix_v - pix_v.mean(1, keepdim=True), yv, k=20,
+                           n_classes=n_classes)
+    gt = torch.log(torch.from_numpy(train.gains[:n_train, 0].astype("float64")))
+    gv = torch.log(torch.from_numpy(val.gains[:, 0].astype("float64")))
+    m.update({"pixels_knn_top1": base["knn_top1"], "size_probe_r2": sc.ridge_r2(ft, gt, fv, gv),
+              "pixels_size_probe_r2": sc.ridge_r2(pix_t / 255, gt, pix_v / 255, gv, lam=1.0),
+              "chance_top1": round(float(torch.bincount(yv, minlength=n_classes).max()) / len(yv), 4),
+              "val_images": len(val_u8), "train_images": n_train})
+    return m
+
+
+def write_registry(out, encoder, cfg, args, state, metrics, data):
+    from soundsight.registry import save_model
+
+    training = {"command": state["command"], "method": "SimCLR (NT-Xent) on two augmented views, no labels",
+                "steps": state["step"], "batch": args.batch, "world_size": state["world"],
+                "images_seen": state["step"] * args.batch * state["world"], "seconds": round(state["elapsed"], 1),
+                "device": state["device"], "optimizer": {"type": "AdamW", "lr": args.lr, "weight_decay": args.wd,
+                                                         "schedule": f"warm-up {args.warmup} + cosine"},
+                "temperature": args.temperature, "augment": {"crop_area": [args.crop_min, 1.0], "flip": True,
+                                                             "colour_jitter": args.jitter, "greyscale": 0.2},
+                "curve": "curve.jsonl in the run folder"}
+    save_model(out, name=args.name or out.name, task=IMAGE_TASK, architecture=IMAGE_ARCHITECTURE,
+               config=cfg.to_dict(), tensors={"model.safetensors": sc.unwrap(encoder).state_dict()},
+               training=training, metrics=metrics, data=data, license="Apache-2.0",
+               description=f"scene-gen image encoder f_V: ResNet-style, {cfg.image_size} px -> "
+                           f"{cfg.feature_dim}-d features (unit-normalised by consumers); self-supervised "
+                           "(SimCLR) on the scenes dataset.")
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    rank, world, dev, main_proc, out, run, log, command = sc.start(args, "scene_image_encoder", argv)
+    from soundsight_train import scenes
+
+    folder = sc.find_scenes(args.data)
+    train, val = scenes.SceneSplit(folder, "train"), scenes.SceneSplit(folder, "val")
+    train_u8, val_u8 = sc.images_nchw(train, args.size), sc.images_nchw(val, args.size)
+    overrides = {"feature_dim": args.feature_dim} if args.feature_dim else {}
+    cfg = ImageEncoderConfig.for_size(args.size, args.preset, **overrides)
+
+    torch.manual_seed(args.seed)
+    model = SimCLR(cfg).to(dev.torch_device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd)
+    scaler = sc.make_scaler(dev)
+    state = {"step": 0, "elapsed": 0.0, "command": command, "world": world, "device": str(dev),
+             "config": cfg.to_dict(), "args": vars(args)}
+    ck = sc.resume_state(args, run, cfg.to_dict(), log)
+    if ck is not None:
+        prev, _ = sc.load_checkpoint(ck, {"model": model}, {"opt": opt, "scaler": scaler}, dev.torch_device)
+        state.update(step=prev["step"], elapsed=prev["elapsed"])
+    ddp = sc.wrap_ddp(model, dev, world)
+    gen = torch.Generator().manual_seed(args.seed * 7919 + rank + 1000003 * state["step"])
+
+    log(f"data: {folder} ({len(train_u8)} train / {len(val_u8)} val images at {args.size} px)")
+    log(f"model: f_V {count_parameters(model.encoder) / 1e6:.2f}M params (D={cfg.feature_dim}), head "
+        f"{count_parameters(model.head) / 1e6:.2f}M; device {dev}; world {world}; batch {args.batch}/process")
+    log(f"run folder: {run}; registry folder: {out}")
+
+    curve = sc.Curve(run / "curve.jsonl", main_proc)
+    meter = sc.Meter()
+    t_start = time.time() - state["elapsed"]
+    last_ck = time.time()
+    step = state["step"]
+    model.train()
+    while step < args.steps:
+        for g in opt.param_groups:
+            g["lr"] = sc.lr_at(step, args.steps, args.lr, args.warmup)
+        idx = sc.take(len(train_u8), args.batch, gen)
+        x = sc.to_unit(train_u8[idx], dev.torch_device)
+        views = [sc.colour_jitter(sc.random_resized_crop(x, gen, scale=(args.crop_min, 1.0)), gen, args.jitter)
+                 for _ in range(2)]
+        with dev.autocast():
+            z = ddp(torch.cat(views, 0))
+            loss = nt_xent(z[:len(x)], z[len(x):], args.temperature)
+        sc.backward_step(loss, opt, scaler)
+        step += 1
+        meter.add({"loss": loss.detach()})
+        if not meter.finite():
+            log(f"error: non-finite loss at step {step}")
+            return 1
+        now = time.time()
+        state.update(step=step, elapsed=now - t_start)
+        if step % args.log_every == 0 or step == args.steps:
+            rec = meter.record(step, lr=round(opt.param_groups[0]["lr"], 7), elapsed=round(now - t_start, 1),
+                               epoch=round(step * args.batch * world / len(train_u8), 3))
+            curve.write(rec)
+            log(f"step {step}/{args.steps}  loss {rec['loss']:.4f}  {rec['sec_per_step']:.2f}s/step  "
+                f"ep {rec['epoch']:.2f}  [{rec['elapsed'] / 60:.1f} min]")
+        out_of_time = args.max_minutes > 0 and now - t_start > args.max_minutes * 60
+        if main_proc and (now - last_ck > args.ckpt_minutes * 60 or step == args.steps or out_of_time):
+            sc.save_checkpoint(run, {"model": model}, {"opt": opt, "scaler": scaler}, state)
+            last_ck = time.time()
+        if main_proc and args.eval_every and step % args.eval_every == 0 and step < args.steps:
+            t0 = time.time()
+            m = evaluate(model.encoder, train, val, train_u8, val_u8, dev, args.eval_train)
+            curve.write({"step": step, "val": m})
+            log(f"eval: kNN top-1 {m['knn_top1']} (pixels {m['pixels_knn_top1']}, chance {m['chance_top1']}); "
+                f"size probe R2 {m['size_probe_r2']} ({time.time() - t0:.0f}s)")
+            t_start += time.time() - t0
+            model.train()
+        if out_of_time:
+            log(f"--max-minutes {args.max_minutes} reached at step {step}")
+            break
+
+    if main_proc:
+        log("final evaluation ...")
+        m = evaluate(model.encoder, train, val, train_u8, val_u8, dev, len(train_u8) if not args.tiny else 64)
+        curve.write({"step": step, "val_final": m})
+        write_registry(out, model.encoder, cfg, args, state, {"val": m}, scenes.data_card(folder))
+        log(f"val: kNN top-1 {m['knn_top1']} (any label {m['knn_any_label']}; raw pixels {m['pixels_knn_top1']}; "
+            f"chance {m['chance_top1']}); size probe R2 {m['size_probe_r2']} (pixels {m['pixels_size_probe_r2']})")
+        log(f"wrote registry model {out}")
+    curve.close()
+    sc.cleanup_distributed(world)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""Stage 2 (latent-diffusion back end) of scene-gen: AutoencoderKL, then a conditional UNet on its latents.
+
+    python -m soundsight_train.scene_ldm --image-encoder models/scene-image-encoder-64 [--data DIR] \
+        [--size 64] [--vae-steps 1000] [--unet-steps 3000] [--out models/scene-ldm-64] [--resume] [--threads 2]
+    torchrun --nproc_per_node 4 -m soundsight_train.scene_ldm --preset paper ...   # DDP
+    python -m soundsight_train.scene_ldm --tiny --data DIR --image-encoder FV_FOLDER --out /tmp/ldm
+
+Phase 1 (``--vae-steps``): the diffusers ``AutoencoderKL`` of ``LDMConfig`` learns to reconstruct
+the scene images (L1 + MSE + ``--kl-weight`` x KL, random mirror images). Then every training
+image and its mirror image are encoded once (posterior mean) and ``latent_scale`` = 1 / std of
+those latents goes into the config. Phase 2 (``--unet-steps``): the ``UNet2DConditionModel``
+learns noise prediction on the scaled latents, conditioned by cross-attention on f_V(image)
+(the frozen image encoder of stage 1; mirrored features for mirrored latents), the condition
+dropped with probability ``cond_drop`` for classifier-free guidance; AdamW; an EMA of the
+weights (``--ema``) is what is written. ``--vae-steps 0`` with ``--resume`` skips to phase 2.
+
+Evaluation at the end: VAE reconstruction PSNR on val, then DDIM sampling (``--sample-steps``,
+guidance from the config) for ``--eval-n`` val conditions: FID-lite in f_V space and
+conditioning consistency (see scene_common.generation_metrics); ``<run>/samples.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+from soundsight_plugins.scene_gen.encoders import count_parameters
+from soundsight_plugins.scene_gen.ldm import ARCHITECTURE, TASK, LDMConfig, SceneLDM
+from soundsight_train import scene_common as sc
+
+
+class _Loss(nn.Module):
+    """DDP entry point: forward(kind, ...) → the loss dict of one phase."""
+
+    def __init__(self, ldm: SceneLDM):
+        super().__init__()
+        self.ldm = ldm
+
+    def forward(self, kind: str, *args, **kwargs):
+        return self.ldm.vae_loss(*args, **kwargs) if kind == "vae" else self.ldm.unet_loss(*args, **kwargs)
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m soundsight_train.scene_ldm", description=__doc__.split("\n")[0])
+    sc.common_args(ap, "scene-ldm-64")
+    ap.add_argument("--image-encoder", default="scene-image-encoder-64", help="f_V: registry name or folder")
+    ap.add_argument("--size", type=int, choices=[32, 64, 128], default=64)
+    ap.add_argument("--preset", choices=["cpu", "paper", "tiny"], default="cpu")
+    ap.add_argument("--vae-steps", type=int, default=1000)
+    ap.add_argument("--vae-batch", type=int, default=32)
+    ap.add_argument("--vae-lr", type=float, default=5e-4)
+    ap.add_argument("--kl-weight", type=float, default=1e-6)
+    ap.add_argument("--unet-steps", type=int, default=3000)
+    ap.add_argument("--batch", type=int, default=64, help="UNet batch per process")
+    ap.add_argument("--lr", type=float, default=3e-4, help="UNet learning rate (AdamW)")
+    ap.add_argument("--wd", type=float, default=1e-2)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance in the config (default 2)")
+    ap.add_argument("--sample-steps", type=int, default=25)
+    ap.add_argument("--eval-n", type=int, default=200)
+    args = ap.parse_args(argv)
+    if args.tiny:
+        sc.apply_tiny(args, argv, dict(preset="tiny", size=32, vae_steps=2, unet_steps=3, vae_batch=4, batch=8,
+                                       warmup=1, sample_steps=3, eval_n=8, log_every=1))
+    return args
+
+
+@torch.no_grad()
+def encode_latents(ldm: SceneLDM, images_u8, dev, flip=False, batch: int = 128) -> torch.Tensor:
+    out = []
+    for i in range(0, len(images_u8), batch):
+        x = sc.to_unit(images_u8[i:i + batch], dev.torch_device) * 2 - 1
+        if flip:
+            x = x.flip(-1)
+        with dev.autocast():
+            out.append(ldm.vae.encode(x).latent_dist.mode().float().cpu())
+    return torch.cat(out, 0)
+
+
+@torch.no_grad()
+def recon_psnr(ldm: SceneLDM, images_u8, dev) -> float:
+    x = sc.to_unit(images_u8, dev.torch_device) * 2 - 1
+    with dev.autocast():
+        rec = ldm.vae.decode(ldm.vae.encode(x).latent_dist.mode()).sample.float().clamp(-1, 1)
+    mse = ((rec - x) / 2).square().mean((1, 2, 3)).clamp_min(1e-10)
+    return round(float((10 * torch.log10(1 / mse)).mean()), 3)
+
+
+@torch.no_grad()
+def evaluate(ldm: SceneLDM, encoder, val_u8, val_f, train_u8, dev, n: int, steps: int, seed: int = 0):
+    was = ldm.training
+    ldm.eval()
+    n = min(n, len(val_f))
+    gen = torch.Generator().manual_seed(seed)
+    fakes = []
+    t0 = time.time()
+    for i in range(0, n, 32):
+        with dev.autocast():
+            fakes.append(ldm.sample(val_f[i:min(i + 32, n)].to(dev.torch_device), steps, gen).float().cpu())
+    sec = (time.time() - t0) / n
+    fake = torch.cat(fakes, 0)
+    m = sc.generation_metrics(encoder, val_u8[:n], fake, val_f[:n], dev.torch_device)
+    m["fid_fv_real_train_vs_val"] = sc.generation_metrics(encoder, val_u8[:n], train_u8[:n].float() / 255, val_f[:n],
+                                                          dev.torch_device)["fid_fv"]
+    m.update(sample_steps=steps, guidance=ldm.cfg.guidance, sec_per_image_batched=round(sec, 4),
+             vae_psnr=recon_psnr(ldm, val_u8[:min(n, 64)], dev))
+    ldm.train(was)
+    return m
+
+
+@torch.no_grad()
+def sample_grid(ldm: SceneLDM, val_u8, val_f, path, steps: int, seed: int = 0, rows: int = 8, per_row: int = 6):
+    was = ldm.training
+    ldm.eval()
+    gen = torch.Generator().manual_seed(seed)
+    rows = min(rows, len(val_f))
+    feats = val_f[:rows].repeat_interleave(per_row, 0)
+    imgs = ldm.sample(feats.to(next(ldm.parameters()).device), steps, gen).float().cpu()
+    x = sc.to_unit(val_u8[:rows], next(ldm.parameters()).device) * 2 - 1
+    rec = ((ldm.vae.decode(ldm.vae.encode(x).latent_dist.mode()).sample.float().clamp(-1, 1) + 1) / 2).cpu()
+    out = [torch.cat([val_u8[i:i + 1].float() / 255, rec[i:i + 1], imgs[i * per_row:(i + 1) * per_row]], 0)
+           for i in range(rows)]
+    ldm.train(was)
+    return sc.save_grid(path, out)
+
+
+def write_registry(out, ldm, cfg, args, state, metrics, data, enc_folder):
+    import diffusers
+    from soundsight.registry import save_model
+
+    training = {"command": state["command"], "vae_steps": state["vae_step"], "unet_steps": state["unet_step"],
+                "vae_batch": args.vae_batch, "unet_batch": args.batch, "world_size": state["world"],
+                "seconds": round(state["elapsed"], 1), "device": state["device"],
+                "vae": {"loss": f"L1 + MSE + {args.kl_weight} KL", "optimizer": "AdamW", "lr": args.vae_lr},
+                "unet": {"loss": f"{cfg.prediction_type} MSE, condition dropped with p={cfg.cond_drop}",
+                         "optimizer": "AdamW", "lr": args.lr, "weight_decay": args.wd, "ema": args.ema},
+                "diffusers_version": diffusers.__version__, "curve": "curve.jsonl in the run folder; samples.png"}
+    save_model(out, name=args.name or out.name, task=TASK, architecture=ARCHITECTURE, config=cfg.to_dict(),
+               tensors={"model.safetensors": ldm.state_dict()}, training=training, metrics=metrics, data=data,
+               license="Apache-2.0",
+               extra={"conditioning": {"image_encoder": sc.model_ref(enc_folder)},
+                      "diffusers": {"AutoencoderKL": cfg.vae_kwargs(), "UNet2DConditionModel": cfg.unet_kwargs(),
+                                    "DDIMScheduler": cfg.scheduler_kwargs()}},
+               description=f"scene-gen latent-diffusion back end, {cfg.image_size} px: AutoencoderKL "
+                           f"({cfg.latent_size}x{cfg.latent_size}x{cfg.latent_channels} latents) + UNet2DConditionModel "
+                           f"cross-attending to the features of {enc_folder.name}; DDIM sampling.")
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    rank, world, dev, main_proc, out, run, log, command = sc.start(args, "scene_ldm", argv)
+    from soundsight_train import scenes
+
+    folder = sc.find_scenes(args.data)
+    train, val = scenes.SceneSplit(folder, "train"), scenes.SceneSplit(folder, "val")
+    train_u8, val_u8 = sc.images_nchw(train, args.size), sc.images_nchw(val, args.size)
+    encoder, enc_folder = sc.load_image_encoder(args.image_encoder, dev)
+    t0 = time.time()
+    feats = sc.encode_images(encoder, train_u8, dev.torch_device)
+    feats_flip = sc.encode_images(encoder, train_u8, dev.torch_device, flip=True)
+    val_f = sc.encode_images(encoder, val_u8, dev.torch_device)
+    log(f"features: {len(feats)} train (+ mirrored) and {len(val_f)} val in {time.time() - t0:.0f}s")
+
+    overrides = {"guidance": args.guidance} if args.guidance is not None else {}
+    cfg = LDMConfig.for_size(args.size, args.preset, feature_dim=encoder.cfg.feature_dim, **overrides)
+    torch.manual_seed(args.seed)
+    ldm = SceneLDM(cfg).to(dev.torch_device)
+    ema = copy.deepcopy(ldm).eval().requires_grad_(False) if args.ema > 0 else None
+    vae_params = list(ldm.vae.parameters())
+    unet_params = [p for n, p in ldm.named_parameters() if not n.startswith("vae.")]
+    opt_vae = torch.optim.AdamW(vae_params, lr=args.vae_lr, weight_decay=0.0)
+    opt_unet = torch.optim.AdamW(unet_params, lr=args.lr, weight_decay=args.wd)
+    scaler = sc.make_scaler(dev)
+    state = {"phase": "vae", "vae_step": 0, "unet_step": 0, "elapsed": 0.0, "command": command, "world": world,
+             "device": str(dev), "config": cfg.to_dict(), "args": vars(args)}
+    modules = {"model": ldm, "ema": ema}
+    optims = {"opt_vae": opt_vae, "opt_unet": opt_unet, "scaler": scaler}
+    ck = sc.resume_state(args, run, cfg.to_dict(), log)
+    if ck is not None:
+        prev, _ = sc.load_checkpoint(ck, modules, optims, dev.torch_device)
+        state.update({k: prev[k] for k in ("phase", "vae_step", "unet_step", "elapsed")})
+        cfg.latent_scale = prev["config"].get("latent_scale", 1.0)
+    gen = torch.Generator().manual_seed(args.seed * 7919 + rank + 1000003 * (state["vae_step"] + state["unet_step"]))
+
+    log(f"data: {folder} ({len(train_u8)} train / {len(val_u8)} val images at {args.size} px)")
+    log(f"model: VAE {count_parameters(ldm.vae) / 1e6:.2f}M params ({cfg.latent_size}x{cfg.latent_size}x"
+        f"{cfg.latent_channels} latents), UNet {count_parameters(ldm.unet) / 1e6:.2f}M, condition "
+        f"{cfg.cond_tokens} token(s) x {cfg.cross_dim} from {enc_folder.name}; device {dev}; world {world}")
+    log(f"run folder: {run}; registry folder: {out}")
+
+    curve = sc.Curve(run / "curve.jsonl", main_proc)
+    meter = sc.Meter()
+    t_start = time.time() - state["elapsed"]
+    last_ck = time.time()
+    stopped = False
+
+    def tick(phase: str, step: int, total: int, stats: dict, lr: float) -> bool:
+        """Bookkeeping after a step; True when training must stop (time budget)."""
+        nonlocal last_ck
+        meter.add(stats)
+        if not meter.finite():
+            raise SystemExit(f"error: non-finite loss at {phase} step {step}")
+        now = time.time()
+        state.update({f"{phase}_step": step, "elapsed": now - t_start, "phase": phase})
+        if step % args.log_every == 0 or step == total:
+            rec = meter.record(step, phase=phase, lr=round(lr, 7), elapsed=round(now - t_start, 1))
+            curve.write(rec)
+            extra = "  ".join(f"{k} {rec[k]:.4f}" for k in stats if k != "loss")
+            log(f"{phase} step {step}/{total}  loss {rec['loss']:.4f}  {extra}  {rec['sec_per_step']:.2f}s/step  "
+                f"[{rec['elapsed'] / 60:.1f} min]")
+        out_of_time = args.max_minutes > 0 and now - t_start > args.max_minutes * 60
+        if main_proc and (now - last_ck > args.ckpt_minutes * 60 or step == total or out_of_time):
+            state["config"] = cfg.to_dict()
+            sc.save_checkpoint(run, modules, optims, state)
+            last_ck = time.time()
+        if out_of_time:
+            log(f"--max-minutes {args.max_minutes} reached at {phase} step {step}")
+        return out_of_time
+
+    # ---- phase 1: autoencoder ----------------------------------------------------------------
+    if state["phase"] == "vae" and state["vae_step"] < args.vae_steps:
+        ldm.requires_grad_(False)
+        ldm.vae.requires_grad_(True)
+        net = sc.wrap_ddp(_Loss(ldm), dev, world)
+        ldm.train()
+        step = state["vae_step"]
+        while step < args.vae_steps and not stopped:
+            for g in opt_vae.param_groups:
+                g["lr"] = sc.lr_at(step, args.vae_steps, args.vae_lr, min(args.warmup, args.vae_steps))
+            idx = sc.take(len(train_u8), args.vae_batch, gen)
+            x = sc.to_unit(train_u8[idx], dev.torch_device) * 2 - 1
+            flip = (torch.rand(len(idx), generator=gen) < 0.5).to(dev.torch_device)
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            with dev.autocast():
+                res = net("vae", x, kl_weight=args.kl_weight)
+            sc.backward_step(res["loss"], opt_vae, scaler)
+            step += 1
+            stopped = tick("vae", step, args.vae_steps, {k: v.detach() for k, v in res.items()},
+                           opt_vae.param_groups[0]["lr"])
+        del net
+        if stopped:
+            log(f"stopped during phase 1 (autoencoder) at step {step}; continue with --resume")
+            curve.close()
+            sc.cleanup_distributed(world)
+            return 0
+
+    # ---- latents ------------------------------------------------------------------------------
+    ldm.eval()
+    t0 = time.time()
+    lat = encode_latents(ldm, train_u8, dev)  # one pass each; not counted as training time
+    lat_flip = encode_latents(ldm, train_u8, dev, flip=True)
+    if state["phase"] == "vae":
+        cfg.latent_scale = float(1.0 / torch.cat([lat, lat_flip]).std())
+        state["phase"] = "unet"
+        if ema is not None:
+            sc.ema_update(ema, ldm, 0.0)
+    lat, lat_flip = lat * cfg.latent_scale, lat_flip * cfg.latent_scale
+    if ema is not None:
+        ema.cfg.latent_scale = cfg.latent_scale
+    log(f"latents: {tuple(lat.shape)} (+ mirrored) in {time.time() - t0:.0f}s; latent_scale {cfg.latent_scale:.4f}")
+    t_start += time.time() - t0
+
+    # ---- phase 2: UNet -----------------------------------------------------------------------
+    if not stopped:
+        ldm.requires_grad_(False)
+        for p in unet_params:
+            p.requires_grad_(True)
+        net = sc.wrap_ddp(_Loss(ldm), dev, world)
+        sched = ldm.scheduler()
+        ldm.train()
+        ldm.vae.eval()
+        meter.reset()
+        step = state["unet_step"]
+        while step < args.unet_steps and not stopped:
+            for g in opt_unet.param_groups:
+                g["lr"] = sc.lr_at(step, args.unet_steps, args.lr, args.warmup)
+            idx = sc.take(len(lat), args.batch, gen)
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            z = torch.where(flip[:, None, None, None], lat_flip[idx], lat[idx]).to(dev.torch_device)
+            h = torch.where(flip[:, None], feats_flip[idx], feats[idx]).to(dev.torch_device)
+            with dev.autocast():
+                res = net("unet", z, h, generator=gen, scheduler=sched)
+            sc.backward_step(res["loss"], opt_unet, scaler, unet_params, clip=1.0)
+            step += 1
+            if ema is not None:
+                sc.ema_update(ema, ldm, args.ema if step > 100 else 0.0)
+            stopped = tick("unet", step, args.unet_steps, {"loss": res["loss"].detach()},
+                           opt_unet.param_groups[0]["lr"])
+        del net
+
+    if main_proc:
+        final = ema if ema is not None else ldm
+        final.cfg.latent_scale = cfg.latent_scale
+        log("final evaluation ...")
+        m = evaluate(final, encoder, val_u8, val_f, train_u8, dev, args.eval_n, args.sample_steps)
+        curve.write({"step": state["unet_step"], "val_final": m})
+        grid = sample_grid(final, val_u8, val_f, run / "samples.png", args.sample_steps)
+        write_registry(out, final, cfg, args, state, {"val": m}, scenes.data_card(folder), enc_folder)
+        log(f"val ({m['n']} conditions, DDIM {m['sample_steps']} steps, guidance {m['guidance']}): FID-lite "
+            f"{m['fid_fv']} (real train vs val {m['fid_fv_real_train_vs_val']}); cond cosine {m['cond_cosine']} "
+            f"(unpaired {m['cond_cosine_unpaired']}); VAE PSNR {m['vae_psnr']} dB")
+        log(f"samples: {grid}")
+        log(f"wrote registry model {out}")
+    curve.close()
+    sc.cleanup_distributed(world)
+    return 0 if not math.isnan(cfg.latent_scale) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
