@@ -14,8 +14,6 @@ import numpy as np
 
 from soundsight.errors import InputError
 
-DEFAULT_MODEL = "m3so-nb-48"
-
 
 @dataclass
 class ForecastResult:

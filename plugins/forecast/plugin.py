@@ -12,8 +12,8 @@ from soundsight.hookspecs import hookimpl
 from soundsight.registry import ModelSpec
 from soundsight.steps import Param, RecipeStep
 
-from .pipeline import DEFAULT_MODEL
 
+DEFAULT_MODEL = "m3so-nb-48"
 ASSETS = Path(__file__).resolve().parent / "assets"
 PICKS = ("best", "first", "all")
 
