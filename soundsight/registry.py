@@ -217,10 +217,11 @@ def model_specs() -> list[ModelSpec]:
     return specs
 
 
-def load(name_or_path: str | os.PathLike, device=None, *, task: str | None = None):
-    """Resolve and verify a model, then build it with the loader a plugin registered for its
-    architecture. ``device`` is a ``soundsight.device.Device`` (default: the session's)."""
-    folder = resolve(name_or_path, task=task)
+def load(model: "str | os.PathLike | ModelFolder", device=None, *, task: str | None = None):
+    """Build a model with the loader a plugin registered for its architecture. ``model`` is a
+    name or folder (resolved and verified here) or an already verified ``ModelFolder``.
+    ``device`` is a ``soundsight.device.Device`` (default: the session's)."""
+    folder = model if isinstance(model, ModelFolder) else resolve(model, task=task)
     arch = folder.card.get("architecture", "")
     loaders = [s for s in model_specs() if s.architecture == arch and s.loader is not None]
     if not loaders:

@@ -51,7 +51,7 @@ def run_forecast(clip: Path, *, seen: Optional[int], predict: Optional[int], sam
     if not 2 <= seen <= max_len - predict:
         raise InputError(f"--seen {seen} is outside what {folder.name} supports (2..{max_len - predict} with --predict {predict})")
 
-    model = registry.load(folder.path, device, task="frame-forecast")
+    model = registry.load(folder, device)  # already verified above
     cfg = model.cfg
     frames, chunks, meta = load_clip_for_model(clip, cfg, seen, predict, audio)
     result = forecast(model, cfg, frames, chunks, seen=seen, predict=predict, samples=samples, seed=seed,

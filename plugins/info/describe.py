@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from soundsight.errors import InputError
+from soundsight.inputs import check_input_file
 
 AUDIO = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".opus"}
 IMAGE = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -58,13 +59,7 @@ def describe_video(path: Path) -> dict:
 
 
 def describe(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"no such file: {path}")
-    if path.is_dir():
-        raise InputError(f"{path} is a directory, not a media file")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path} is empty (0 bytes)")
+    path = check_input_file(path, "media file")
     suffix = path.suffix.lower()
     if suffix in AUDIO:
         return describe_audio(path)
