@@ -1,0 +1,1 @@
+"""latent-edit plugin: GAN inversion of a photo, then a sound-driven move in latent space."""
