@@ -1162,6 +1162,46 @@ class SceneSplit:
                                                                                      a["labels"][i, :k]]}
 
 
+def background_photos(folder) -> list[np.ndarray]:
+    """The split's background photos (as the builder loaded them), from the paths in meta.json."""
+    return [load_background(b["path"]) for b in load_meta(folder)["backgrounds"]]
+
+
+def object_masks(split: "SceneSplit", size: int, thresh: int = 10) -> np.ndarray:
+    """uint8 (N, size, size) masks of the pasted objects (1 = object), for background augmentation.
+
+    Not stored by the builder: the background crop of every sample is (``background``, ``crop``),
+    so it is re-rendered and differenced with the image; a 3x3 closing fills the pixels where
+    an object happens to match the photo. Cached as ``masks-<split>.npz`` next to the split.
+    """
+    cache = split.folder / f"masks-{split.split}.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            full = z["masks"]
+    else:
+        photos = background_photos(split.folder)
+        S = split.spec.size
+        full = np.zeros((len(split), S, S), np.uint8)
+        for i in range(len(split)):
+            bg = crop_background(photos[int(split.background[i])], split.crop[i], S)
+            d = np.abs(split.images[i].astype(np.int16) - bg.astype(np.int16)).max(-1)
+            full[i] = d > thresh
+        np.savez_compressed(cache, masks=full)
+    m = downsample(np.repeat(full[..., None], 3, -1) * 255, size)[..., 0] if size != full.shape[1] else full * 255
+    return (m >= 128).astype(np.uint8)
+
+
+def background_bank(folder, n: int, size: int, seed: int = 0) -> np.ndarray:
+    """uint8 (n, size, size, 3) random square crops (with flips) of the dataset's background photos."""
+    photos = background_photos(folder)
+    spec = SceneSpec(**load_meta(folder)["spec"])
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, spec.size, spec.size, 3), np.uint8)
+    for i in range(n):
+        out[i], _ = background_crop(photos[int(rng.integers(len(photos)))], spec, rng)
+    return downsample(out, size)
+
+
 def data_card(folder) -> dict:
     """What a model card needs about the data: sources, licences, item counts, classes."""
     meta = load_meta(folder)
