@@ -1,8 +1,9 @@
 """A learned blind RT60 estimator: reverberant speech -> speech-band RT60 (seconds).
 
 Input: a waveform at 16 kHz, (B, 1, T) or (B, T), any length >= 0.5 s. Features: log-mel
-spectrogram (FFT 512, hop 128, 64 mel bands 50 Hz .. 8 kHz; 32 ms / 8 ms), normalised per clip
-by its own mean log energy (the estimate must not depend on the level). Network: four conv
+spectrogram (FFT 512, hop 128, 64 mel bands 50 Hz .. 8 kHz; 32 ms / 8 ms) relative to the log
+of the clip's mean mel power (the estimate must not depend on the level), in natural-log units
+divided by 5 and clamped at -4 (87 dB below the mean: digital silence and padding look alike). Network: four conv
 blocks (3 x 3 conv, GroupNorm, ReLU, 2 x 2 max-pool; widths w, 2w, 4w, 4w), then mean and max
 over time and the remaining frequency axis, a small MLP, and the output is log(RT60) (RT60s
 spread over a decade; errors are relative). Trained on the rooms dataset's seen rooms with the
@@ -67,12 +68,11 @@ def mel_filterbank(sr: int, n_fft: int, n_mels: int, f_min: float, f_max: float)
     return fb / fb.sum(dim=1, keepdim=True).clamp_min(1e-8)
 
 
-def log_mel(wave: torch.Tensor, fb: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
-    """(B, T) -> (B, n_mels, frames) natural-log mel power."""
+def mel_power(wave: torch.Tensor, fb: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
+    """(B, T) -> (B, n_mels, frames) mel power."""
     win = torch.hann_window(n_fft, device=wave.device, dtype=wave.dtype)
     spec = torch.stft(wave, n_fft, hop, window=win, center=True, return_complex=True)
-    power = spec.real ** 2 + spec.imag ** 2
-    return torch.log(torch.matmul(fb.to(power.dtype), power) + 1e-10)
+    return torch.matmul(fb.to(wave.dtype), spec.real ** 2 + spec.imag ** 2)
 
 
 class RT60Net(nn.Module):
@@ -113,19 +113,24 @@ class RT60Net(nn.Module):
         return cls.from_state(folder.config, folder.tensors("model.safetensors", device="cpu"), dev)
 
     def features(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, 1, T) or (B, T) -> normalised log-mel (B, n_mels, frames)."""
         if wave.dim() == 3:
             wave = wave[:, 0]
-        f = log_mel(wave.float(), self.fb, self.cfg.n_fft, self.cfg.hop)
-        # level invariance: subtract the clip's mean log energy over the louder half of its bins
-        ref = f.flatten(1).median(dim=1).values[:, None, None]
-        return (f - ref) / 5.0
+        p = mel_power(wave.float(), self.fb, self.cfg.n_fft, self.cfg.hop)
+        # level invariance: power relative to the clip's mean mel power (set by its loud parts,
+        # so silence or padding around the speech barely moves it); the floor is relative too
+        ref = p.flatten(1).mean(dim=1).clamp_min(1e-20)[:, None, None]
+        return (torch.log(p / ref + 1e-9) / 5.0).clamp_min(-4.0)
+
+    def from_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """Normalised log-mel (B, n_mels, frames) -> log RT60 (B,)."""
+        h = self.body(feats[:, None]).flatten(2)  # (B, C, F' T')
+        h = torch.cat([h.mean(-1), h.amax(-1)], dim=1)
+        return self.head(h)[:, 0]
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, 1, T) or (B, T) -> log RT60 (B,)."""
-        h = self.body(self.features(wave)[:, None])  # (B, C, F', T')
-        h = h.flatten(2)
-        h = torch.cat([h.mean(-1), h.amax(-1)], dim=1)
-        return self.head(h)[:, 0]
+        return self.from_features(self.features(wave))
 
     @torch.no_grad()
     def estimate(self, wave: torch.Tensor) -> torch.Tensor:
