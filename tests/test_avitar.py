@@ -311,3 +311,23 @@ def test_loaders_module_does_not_import_torch():
     code = "import sys, soundsight_plugins.acoustic_match.loaders as l; print('torch' in sys.modules, sorted(l.ARCHITECTURES))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False ['avitar', 'rt60-estimator']"
+
+
+def test_eval_rematch_rows_for_avitar_and_the_learned_rt60(tiny_rooms):
+    from soundsight_train import eval_rematch as ev
+    from soundsight_train import rooms
+
+    ds = rooms.RoomsData(tiny_rooms)
+    items = ev.make_items(ds, "seen", n=2, seed=0, min_dry_s=1.0)
+    torch.manual_seed(0)
+    est = RT60Net(RT60Config.preset("tiny")).eval()
+    extra = {**ev.avitar_methods(_trained_a_little(use_image=False), "AViTAR without image", ("waveform",)),
+             **ev.avitar_methods(_tiny().eval(), "AViTAR")}
+    assert list(extra) == ["AViTAR without image", "AViTAR (waveform mode)", "AViTAR (ir mode)"]
+    res = ev.evaluate(items=items, extra=extra, rt60_estimator=ev.learned_rt60(est))
+    rows = res["rows"]
+    assert all(np.isfinite(r["rt60_learned_err"]) for r in rows.values())
+    # an untrained residual AViTAR returns its input: the same scores as the input row
+    assert rows["AViTAR (waveform mode)"]["stft"] == pytest.approx(rows["input"]["stft"], rel=1e-3)
+    assert rows["AViTAR (waveform mode)"]["rt60_err"] == pytest.approx(rows["input"]["rt60_err"], abs=0.02)
+    assert "learned estimator" in ev.markdown(res)

@@ -48,6 +48,7 @@ the rooms' mean RT60: its effective IR is a delta.)
 CLI::
 
     python -m soundsight_train.eval_rematch [--folder DIR] [--split unseen|seen|both] [--n 60] [--json out.json]
+        [--avitar rooms-avitar-16k] [--avitar-no-image DIR] [--modes waveform,ir] [--rt60-model rooms-rt60-16k]
     python -m soundsight_train.eval_rematch calibrate   # refit the blind estimator (seen rooms only)
 """
 
@@ -107,6 +108,48 @@ def method_blind(item: Item) -> np.ndarray:
 BASELINES: dict[str, Method] = {"input": method_input, "blind reverberator": method_blind, "oracle": method_oracle}
 
 
+# ---------------------------------------------------------------------------------------------
+# learned models (AViTAR rows, the learned RT60 estimator)
+
+
+def load_learned(name_or_path, architecture: str):
+    """A registry model of acoustic-match's (``loaders.ARCHITECTURES``) on the CPU, eval mode."""
+    from soundsight.registry import resolve
+    from soundsight_plugins.acoustic_match import loaders
+
+    folder = resolve(name_or_path)
+    arch = folder.card.get("architecture")
+    if arch != architecture:
+        raise SystemExit(f"error: {name_or_path} is a {arch!r} model, not {architecture!r}")
+    return loaders.ARCHITECTURES[arch][1](folder, "cpu"), folder
+
+
+def learned_rt60(model) -> Callable[[np.ndarray, int], float]:
+    """``fn(wave, sr) -> RT60 s`` from an ``rt60_net.RT60Net``."""
+    import torch
+
+    def fn(wave, sr):
+        if sr != model.sample_rate:
+            raise ValueError(f"the RT60 estimator is {model.sample_rate} Hz, got {sr}")
+        with torch.no_grad():
+            return float(model.estimate(torch.from_numpy(np.asarray(wave, np.float32))[None, None])[0])
+
+    return fn
+
+
+def avitar_methods(model, name: str = "AViTAR", modes=("waveform", "ir"), tail_s: float = 2.0) -> dict[str, Method]:
+    """Rows for an AViTAR model: waveform mode (the model's output, input padded by ``tail_s``
+    of silence for the reverberation tail) and ir mode (the effective IR between the padded input
+    and that output by ``acoustics.estimate_ir``, 3 s, convolved with the dry input)."""
+    from soundsight_train.avitar import rematch_fn
+
+    rows = {}
+    for mode in modes:
+        label = name if mode == "waveform" and len(modes) == 1 else f"{name} ({mode} mode)"
+        rows[label] = from_rematch(rematch_fn(model, tail_s=tail_s, mode=mode))
+    return rows
+
+
 def make_items(ds: rooms_mod.RoomsData, split: str = "unseen", n: int | None = None, seed: int = 0,
                min_dry_s: float = 1.5) -> list[Item]:
     """Deterministic evaluation items: one per room (the first ``n`` rooms of the split in a
@@ -130,7 +173,7 @@ def make_items(ds: rooms_mod.RoomsData, split: str = "unseen", n: int | None = N
     return items
 
 
-def score(item: Item, out: np.ndarray) -> dict:
+def score(item: Item, out: np.ndarray, rt60_estimator: Callable[[np.ndarray, int], float] | None = None) -> dict:
     out = np.asarray(out, dtype=np.float64).reshape(-1)
     if not np.all(np.isfinite(out)):
         raise ValueError("method returned NaN/inf")
@@ -144,15 +187,21 @@ def score(item: Item, out: np.ndarray) -> dict:
     rt60 = ac.rt60_schroeder(h, item.sr, band=ac.SPEECH_BAND)
     drr = ac.drr_db(h, item.sr)
     true_rt = float(item.truth["rt60_speech"])
-    return {"stft": stft, "rt60": rt60, "rt60_err": abs(rt60 - true_rt) if np.isfinite(rt60) else true_rt,
-            "drr": drr, "drr_err": abs(drr - float(item.truth["drr"])) if np.isfinite(drr) else float("nan")}
+    res = {"stft": stft, "rt60": rt60, "rt60_err": abs(rt60 - true_rt) if np.isfinite(rt60) else true_rt,
+           "drr": drr, "drr_err": abs(drr - float(item.truth["drr"])) if np.isfinite(drr) else float("nan")}
+    if rt60_estimator is not None:
+        est = float(rt60_estimator(out.astype(np.float32), item.sr))
+        res.update(rt60_learned=est, rt60_learned_err=abs(est - true_rt))
+    return res
 
 
 def evaluate(folder=None, *, split: str = "unseen", n: int | None = None, seed: int = 0,
              methods: dict[str, Method] | None = None, extra: dict[str, Method] | None = None,
-             items: list[Item] | None = None, log=print) -> dict:
+             items: list[Item] | None = None, rt60_estimator: Callable[[np.ndarray, int], float] | None = None,
+             log=print) -> dict:
     """Run every method on the split's items; returns ``{"split", "n", "rows": {name: metrics},
-    "blind_estimator": {...}, "per_item": [...]}``."""
+    "blind_estimator": {...}, "per_item": [...]}``. ``rt60_estimator(wave, sr) -> seconds`` (the
+    learned one: ``learned_rt60(model)``) adds ``rt60_learned_err`` to every row."""
     ds = rooms_mod.RoomsData(folder) if items is None else None
     if items is None:
         items = make_items(ds, split, n, seed)
@@ -168,7 +217,7 @@ def evaluate(folder=None, *, split: str = "unseen", n: int | None = None, seed: 
             t0 = time.perf_counter()
             out = fn(it)
             times[name] += time.perf_counter() - t0
-            s = score(it, out)
+            s = score(it, out, rt60_estimator)
             sums[name].append(s)
             rec[name] = s
         est = ac.blind_estimate(it.reference, it.sr)
@@ -186,6 +235,8 @@ def evaluate(folder=None, *, split: str = "unseen", n: int | None = None, seed: 
             "drr_err": float(np.nanmean([s["drr_err"] for s in ss])),
             "seconds_per_item": times[name] / max(1, len(ss)),
         }
+        if rt60_estimator is not None:
+            rows[name]["rt60_learned_err"] = float(np.mean([s["rt60_learned_err"] for s in ss]))
     be = np.array([[b["rt60"], b["true_rt60"], b["drr"], b["true_drr"]] for b in blind])
     band_err = {}
     for c in ac.BLIND_BANDS:
@@ -206,11 +257,14 @@ def evaluate(folder=None, *, split: str = "unseen", n: int | None = None, seed: 
 
 
 def markdown(res: dict) -> str:
+    learned = all("rt60_learned_err" in r for r in res["rows"].values())
     lines = [f"rooms: {res['split']}, n = {res['n']}", "",
-             "| method | STFT distance | RT60 error (s) | RT60 error, median (s) | DRR error (dB) |",
-             "|---|---|---|---|---|"]
+             "| method | STFT distance | RT60 error (s) | RT60 error, median (s) | DRR error (dB) |"
+             + (" RT60 error, learned estimator (s) |" if learned else ""),
+             "|---|---|---|---|---|" + ("---|" if learned else "")]
     for name, r in res["rows"].items():
-        lines.append(f"| {name} | {r['stft']:.4f} | {r['rt60_err']:.3f} | {r['rt60_err_median']:.3f} | {r['drr_err']:.2f} |")
+        lines.append(f"| {name} | {r['stft']:.4f} | {r['rt60_err']:.3f} | {r['rt60_err_median']:.3f} | {r['drr_err']:.2f} |"
+                     + (f" {r['rt60_learned_err']:.3f} |" if learned else ""))
     b = res["blind_estimator"]
     lines += ["", f"blind estimator on the references: RT60 MAE {b['rt60_mae']:.3f} s (median {b['rt60_median_ae']:.3f}, "
                   f"relative {100 * b['rt60_rel_mae']:.0f} %, r = {b['rt60_corr']:.2f}; true mean {b['true_rt60_mean']:.2f} s), "
@@ -304,6 +358,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--out", default=None, help="calibrate: where to write the model (default: the plugin's asset)")
+    ap.add_argument("--avitar", default=None, help="AViTAR model (name or folder) to add as rows")
+    ap.add_argument("--avitar-no-image", default=None, help="its no-image ablation (name or folder)")
+    ap.add_argument("--modes", default="waveform,ir", help="AViTAR output modes to report: waveform, ir or both")
+    ap.add_argument("--rt60-model", default=None,
+                    help="learned RT60 estimator (name or folder): adds its RT60 error on every row's output")
     args = ap.parse_args(argv)
     folder = _folder(args)
     if args.cmd == "calibrate":
@@ -312,9 +371,28 @@ def main(argv=None) -> int:
         return 0
     splits = ("seen", "unseen") if args.split == "both" else (args.split,)
     out = {"folder": str(folder), "results": {}}
+    extra: dict[str, Method] = {}
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    if any(m not in ("waveform", "ir") for m in modes):
+        raise SystemExit("error: --modes takes waveform, ir or both")
+    models = {}
+    if args.avitar_no_image:
+        m, f = load_learned(args.avitar_no_image, "avitar")
+        extra.update(avitar_methods(m, "AViTAR without image", modes))
+        models["avitar_no_image"] = {"name": f.name, "path": str(f.path), "sha256": f.sha256()}
+    if args.avitar:
+        m, f = load_learned(args.avitar, "avitar")
+        extra.update(avitar_methods(m, "AViTAR", modes))
+        models["avitar"] = {"name": f.name, "path": str(f.path), "sha256": f.sha256()}
+    rt60_fn = None
+    if args.rt60_model:
+        m, f = load_learned(args.rt60_model, "rt60-estimator")
+        rt60_fn = learned_rt60(m)
+        models["rt60_estimator"] = {"name": f.name, "path": str(f.path), "sha256": f.sha256()}
+    out["models"] = models
     for sp in splits:
         t0 = time.perf_counter()
-        res = evaluate(folder, split=sp, n=args.n, seed=args.seed)
+        res = evaluate(folder, split=sp, n=args.n, seed=args.seed, extra=extra, rt60_estimator=rt60_fn)
         res["seconds"] = round(time.perf_counter() - t0, 1)
         out["results"][sp] = res
         print(markdown(res))

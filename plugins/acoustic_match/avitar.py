@@ -34,7 +34,7 @@ Discriminators and losses live in ``discriminators.py``. Only torch is imported 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn

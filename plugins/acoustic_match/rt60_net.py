@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 ARCHITECTURE = "rt60-estimator"
 TASK = "rt60-estimation"
