@@ -1,0 +1,139 @@
+"""Sound-driven edits in the generator's condition space, and compositing back onto the photo.
+
+Sound2Scene / Sound2Vision: the audio encoder f_A lands in the image encoder's feature space,
+so an audio embedding z_A can stand in for (or move) the image feature z_V that conditions G.
+
+- insert a sound: z = (1 - λ) z_V_inv + λ z_A, with the inverted noise z_N_inv kept;
+- volume direction (§5.2): z = z_V_inv + λ (z_A(g1) - z_A(g2)) for one sound at two gains
+  (g1 > g2 makes its source bigger / closer, g1 < g2 smaller / farther);
+
+then the result is normalised to unit length when the generator reads unit-norm features (it
+normalises internally as well; doing it here makes the vectors we report the ones G sees).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MODES = ("insert", "volume")
+COMPOSITES = ("masked", "residual", "none")
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x.float(), dim=-1)
+
+
+def insert_sound(z_v: torch.Tensor, z_a: torch.Tensor, strength: float) -> torch.Tensor:
+    """(1 - λ) ẑ_V + λ ẑ_A for λ = ``strength`` (unit-norm inputs; the output is not normalised)."""
+    return (1.0 - strength) * unit(z_v) + strength * unit(z_a)
+
+
+def volume_direction(z_v: torch.Tensor, z_a_g1: torch.Tensor, z_a_g2: torch.Tensor, strength: float) -> torch.Tensor:
+    """ẑ_V + λ (ẑ_A(g1) - ẑ_A(g2)) (the paper's edit; not normalised)."""
+    return unit(z_v) + strength * (unit(z_a_g1) - unit(z_a_g2))
+
+
+def condition_for(G, z: torch.Tensor) -> torch.Tensor:
+    """The edited condition as the generator reads it (unit-norm when it normalises features)."""
+    return unit(z) if getattr(G.cfg, "normalize_features", True) else z.float()
+
+
+@dataclass
+class EditPlan:
+    """What to do with the inverted photo: ``insert`` a sound or move along its ``volume`` direction."""
+
+    mode: str  # insert | volume
+    strengths: list  # λ values to render (the first is the main output's unless told otherwise)
+    gains: tuple = (1.0, 1.0)  # (g1, g2) for the volume direction
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown edit mode {self.mode!r}")
+
+
+def edit_conditions(plan: EditPlan, z_v: torch.Tensor, z_a: dict) -> torch.Tensor:
+    """(len(strengths), D) conditions; ``z_a`` holds ``"sound"`` (insert) or ``"g1"``/``"g2"`` (volume)."""
+    rows = []
+    for lam in plan.strengths:
+        if plan.mode == "insert":
+            rows.append(insert_sound(z_v, z_a["sound"], lam))
+        else:
+            rows.append(volume_direction(z_v, z_a["g1"], z_a["g2"], lam))
+    return torch.cat(rows, 0)
+
+
+@torch.no_grad()
+def render(G, z_n: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+    """Images (B, 3, S, S) in [0, 1] for one z_N and B conditions."""
+    cond = condition_for(G, conditions)
+    return ((G(z_n.expand(len(cond), -1), cond) + 1) / 2).float().clamp(0, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Back to the photo's size
+
+
+def _resize(x: torch.Tensor, side: int) -> torch.Tensor:
+    return F.interpolate(x, size=(side, side), mode="bicubic", align_corners=False)
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    if sigma <= 0:
+        return x
+    r = max(1, int(3 * sigma))
+    g = torch.exp(-(torch.arange(-r, r + 1, dtype=torch.float32) ** 2) / (2 * sigma ** 2))
+    g = (g / g.sum()).to(x.device)
+    c = x.shape[1]
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def change_mask(edit: torch.Tensor, recon: torch.Tensor, threshold: float = 0.08, sigma: float = 1.0) -> torch.Tensor:
+    """(B, 1, S, S) soft mask in [0, 1] of where an edit changed the reconstruction (model size):
+    the largest per-channel change, ramped 0 → 1 between ``threshold``/2 and ``threshold``·1.5
+    and blurred, so small GAN jitter is ignored and the object's edge is soft."""
+    d = (edit - recon).abs().amax(1, keepdim=True)
+    m = ((d - threshold / 2) / threshold).clamp(0, 1)
+    return _blur(m, sigma).clamp(0, 1)
+
+
+def composite(photo: np.ndarray, box, recon: torch.Tensor, edits: torch.Tensor, how: str = "masked",
+              threshold: float = 0.08) -> np.ndarray:
+    """Edits at model size → uint8 (B, H, W, 3) at the photo's size.
+
+    Only the square ``box`` (x0, y0, x1, y1) the model saw is edited; the rest is the photo.
+
+    - ``residual``: photo + upscale(edit - reconstruction): what the edit did not change keeps
+      the photo's own detail, whatever the reconstruction missed;
+    - ``masked`` (default): like ``residual`` outside the changed region; inside it (soft mask
+      of |edit - reconstruction|) the upscaled edit itself, so an inserted object is not
+      overlaid with the texture of what it replaces;
+    - ``none``: the upscaled edit inside the box.
+    """
+    if how not in COMPOSITES:
+        raise ValueError(f"unknown composite {how!r} ({', '.join(COMPOSITES)})")
+    x0, y0, x1, y1 = box
+    side = x1 - x0
+    base = torch.from_numpy(np.ascontiguousarray(photo[y0:y1, x0:x1])).permute(2, 0, 1)[None].float() / 255.0
+    up_edit = _resize(edits.float().cpu(), side)
+    if how == "none":
+        region = up_edit
+    else:
+        up_delta = _resize((edits - recon).float().cpu(), side)
+        region = base + up_delta
+        if how == "masked":
+            m = _resize(change_mask(edits.float().cpu(), recon.float().cpu(), threshold), side).clamp(0, 1)
+            region = m * up_edit + (1 - m) * region
+    region = (region.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    out = np.repeat(photo[None], len(edits), 0)
+    out[:, y0:y1, x0:x1] = region
+    return out
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) [0, 1] → uint8 (B, H, W, 3)."""
+    return (x.float().clamp(0, 1).cpu() * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()

@@ -1,0 +1,370 @@
+"""Evaluation of latent-edit (issue 6): inversion quality, sound inserts, volume edits.
+
+    python -m soundsight_train.eval_edit [--data DIR] [--n 100] [--real 16] [--photo FILE ...] \
+        [--steps 150] [--refine] [--strengths 0.5,0.75,1] [--volume-strengths 0.5,1,2] [--topk 5] \
+        [--generator scene-gan-64] [--image-encoder ...] [--audio-encoder ...] [--evaluator scene-evaluator-64] \
+        [--out runs/eval-edit] [--threads 1]
+
+Photos: ``--n`` composites of the scenes dataset's ``test`` split (held-out stamps and
+recordings, at the generator's size) and real photos: the MATE nature photographs (the
+backgrounds the composites were made on, here whole and without objects), scikit-image's and
+scikit-learn's colour photos when installed (astronaut, coffee, chelsea, rocket, china,
+flower: out of domain), and any ``--photo`` files. Each photo is inverted once (the command's
+inversion, same steps and seed), then edited.
+
+Measures (everything at the generator's size, judged by the scene-gen evaluator, a supervised
+classifier + object-size regressor trained on real composites, never used for editing):
+
+- inversion: PSNR / SSIM of G(z_N_inv, z_V_inv) against the photo (target ≥ 24 dB);
+- insert: each photo gets the sound of a held-out test recording whose class it does not
+  show; success = the evaluator ranks that class in its top k on the edit (target ≥ 70 %),
+  with the rate on the reconstruction (before the edit) as the chance level; locality = SSIM
+  between edit and reconstruction outside the inserted object's region (target ≥ 0.7). The
+  region is a square of the side the evaluator estimates for the edit's loudest object,
+  placed where the edit changed the reconstruction most;
+- volume: single-object test composites, their own sound; ``--louder`` (z_A(2x) - z_A(x/2))
+  should make the evaluator's estimated object size larger than on the reconstruction,
+  ``--quieter`` smaller (target ≥ 80 % of the edits in the right direction).
+
+Writes ``results.json``, ``results.md`` (the tables) and ``examples.png`` (photo,
+reconstruction, insert, louder, quieter for a few photos) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+EVALUATOR_TASK = "scene-evaluation"
+EVALUATOR_COMMAND = "python -m soundsight_train.scene_evaluator --out models/scene-evaluator-64"
+SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m soundsight_train.eval_edit", description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=None, help="scenes dataset folder or data root (default: scenes-5s-s0)")
+    ap.add_argument("--n", type=int, default=100, help="test composites")
+    ap.add_argument("--real", type=int, default=16, help="at most this many installed real photos (0: none)")
+    ap.add_argument("--photo", action="append", default=[], help="another real photo (repeatable)")
+    ap.add_argument("--steps", type=int, default=None, help="inversion steps (default: the command's)")
+    ap.add_argument("--refine", type=int, default=0, help="per-image generator fine-tuning steps (0: off)")
+    ap.add_argument("--strengths", default="0.5,0.75,1", help="insert strengths λ")
+    ap.add_argument("--volume-strengths", default="0.5,1,2", help="volume-edit strengths λ")
+    ap.add_argument("--volume-gains", default="2,0.5", help="g1,g2 of --louder (--quieter swaps them)")
+    ap.add_argument("--topk", type=int, default=5)
+    ap.add_argument("--generator", default=None)
+    ap.add_argument("--image-encoder", default=None)
+    ap.add_argument("--audio-encoder", default=None)
+    ap.add_argument("--evaluator", default="scene-evaluator-64")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default="runs/eval-edit")
+    ap.add_argument("--examples", type=int, default=6, help="photos shown in examples.png")
+    return ap.parse_args(argv)
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in str(text).split(",") if v.strip()]
+
+
+# --------------------------------------------------------------------------------------------
+# Photos
+
+
+def real_photos(limit: int, extra: list[str]) -> list[dict]:
+    """Installed real photos (MATE nature photographs, skimage, sklearn) and ``extra`` files."""
+    from soundsight.image import image_to_array, load_image
+
+    out = []
+    if limit > 0:
+        from soundsight_train import scenes
+
+        for item in scenes.find_backgrounds(extra=False):
+            out.append({"name": item.name, "source": "mate-backgrounds", "path": item.path})
+        try:
+            from skimage import data as skdata
+
+            for name in SKIMAGE_PHOTOS:
+                out.append({"name": name, "source": "skimage", "array": np.asarray(getattr(skdata, name)())})
+        except Exception:  # not installed, or an image missing from this version
+            pass
+        d = scenes._module_dir("sklearn")
+        for name in SKLEARN_PHOTOS:
+            if d is not None and (d / "datasets/images" / name).is_file():
+                out.append({"name": Path(name).stem, "source": "sklearn", "path": str(d / "datasets/images" / name)})
+        out = out[:limit]
+    for p in extra:
+        out.append({"name": Path(p).stem, "source": "file", "path": p})
+    for item in out:
+        if "array" not in item:
+            item["array"] = image_to_array(load_image(item["path"]))
+        a = item["array"]
+        if a.ndim == 2:
+            a = np.repeat(a[..., None], 3, -1)
+        item["array"] = np.ascontiguousarray(a[..., :3]).astype(np.uint8)
+    return out
+
+
+def test_composites(split, n: int, seed: int) -> np.ndarray:
+    """``n`` indices of the split in a seeded order."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.permutation(len(split))[:min(n, len(split))])
+
+
+# --------------------------------------------------------------------------------------------
+# Measures
+
+
+def outside_ssim(edit: torch.Tensor, recon: torch.Tensor, log_size: torch.Tensor) -> tuple[torch.Tensor, list]:
+    """SSIM (edit vs reconstruction) outside each edit's object square, and the squares.
+
+    The square's side is the evaluator's estimate for the edit's loudest object (exp(log size)
+    of the image side); it is placed where it covers the largest summed change |edit - recon|.
+    """
+    from soundsight_plugins.latent_edit.invert import ssim_map
+
+    S = edit.shape[-1]
+    smap = ssim_map(edit, recon, same=True)  # (B, S, S)
+    change = (edit - recon).abs().sum(1, keepdim=True)  # (B, 1, S, S)
+    vals, boxes = [], []
+    for i in range(len(edit)):
+        side = int(round(float(torch.exp(log_size[i])) * S))
+        side = max(4, min(S - 1, side))  # never the whole frame: something stays outside
+        covered = F.avg_pool2d(change[i:i + 1], side, stride=1)[0, 0]  # (S-side+1, S-side+1)
+        k = int(covered.flatten().argmax())
+        y0, x0 = divmod(k, covered.shape[1])
+        mask = torch.ones(S, S, dtype=torch.bool)
+        mask[y0:y0 + side, x0:x0 + side] = False
+        vals.append(smap[i][mask].mean())
+        boxes.append((x0, y0, x0 + side, y0 + side))
+    return torch.stack(vals), boxes
+
+
+def rate(x) -> float | None:
+    x = [bool(v) for v in x]
+    return round(sum(x) / len(x), 4) if x else None
+
+
+def mean(x) -> float | None:
+    x = [float(v) for v in x]
+    return round(float(np.mean(x)), 4) if x else None
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def load_evaluator(name: str, dev):
+    from soundsight import registry
+    from soundsight.errors import ModelError
+
+    try:
+        folder = registry.resolve(name, task=EVALUATOR_TASK)
+    except ModelError as exc:
+        if str(exc).startswith("unknown model"):
+            raise SystemExit(f"error: evaluator {name!r} is not installed; train it with `{EVALUATOR_COMMAND}`")
+        raise
+    return registry.load(folder, dev), folder
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from soundsight.device import resolve_device
+    from soundsight.errors import UserError
+    from soundsight_plugins.latent_edit import pipeline as P
+    from soundsight_plugins.latent_edit.edits import EditPlan, composite, edit_conditions, render, to_uint8
+    from soundsight_plugins.latent_edit.invert import InversionConfig, invert, psnr, ssim, to_model_size
+    from soundsight_train import scene_common as sc
+    from soundsight_train import scenes
+
+    dev = resolve_device(args.device)
+    try:
+        folders = P.resolve_models({"generator": args.generator, "image_encoder": args.image_encoder,
+                                    "audio_encoder": args.audio_encoder})
+    except UserError as exc:
+        raise SystemExit(f"error: {exc}")
+    models = P.load_models(folders, dev)
+    G, fa = models["generator"], models["audio_encoder"]
+    ev, ev_folder = load_evaluator(args.evaluator, dev)
+    S = G.cfg.image_size
+    data = sc.find_scenes(args.data)
+    test = scenes.SceneSplit(data, "test")
+    classes = list(test.classes)
+    ev_classes = list(ev.cfg.classes) if ev.cfg.classes else classes
+    if ev_classes != classes:
+        raise SystemExit("error: the evaluator was trained on other classes than this dataset's")
+    strengths, vstrengths = _floats(args.strengths), _floats(args.volume_strengths)
+    g1, g2 = _floats(args.volume_gains)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = lambda *a: print(*a, flush=True)  # noqa: E731
+
+    # ---- photos: test composites at full size (128 px) and real photos
+    idx = test_composites(test, args.n, args.seed)
+    photos = [{"name": f"test-{int(i)}", "source": "test-composite", "array": test.images[int(i)], "index": int(i),
+               "labels": [int(c) for c in test.labels[int(i)] if c >= 0]} for i in idx]
+    photos += [dict(p, labels=[]) for p in real_photos(args.real, args.photo)]
+    log(f"{len(idx)} test composites of {data.name} + {len(photos) - len(idx)} real photos; models "
+        + ", ".join(f.name for f in folders.values()) + f"; evaluator {ev_folder.name}")
+
+    # ---- sounds to insert: held-out test recordings of single-object composites, at their gain
+    single = np.flatnonzero(test.n_objects == 1)
+    if len(single) == 0:
+        raise SystemExit("error: the test split has no single-object composite to take sounds from")
+    rng = np.random.default_rng(args.seed + 1)
+    sr = int(fa.cfg.sample_rate)
+    if sr != test.sample_rate:
+        raise SystemExit(f"error: the audio encoder wants {sr} Hz, the dataset is {test.sample_rate} Hz")
+
+    cfg = InversionConfig()
+    if args.steps is not None:
+        cfg.steps = args.steps
+    cfg.refine_steps = args.refine
+    rows, examples = [], []
+    t_all = time.time()
+    for k, ph in enumerate(photos):
+        target, box = to_model_size(ph["array"], S)
+        inv = invert(G, models["image_encoder"], target.to(dev.torch_device), cfg, seed=args.seed)
+        recon = inv.recon
+        # insert: a sound whose class the photo does not show
+        cand = [int(j) for j in single if int(test.labels[j, 0]) not in ph["labels"]]
+        j = cand[int(rng.integers(len(cand)))]
+        cls = int(test.labels[j, 0])
+        wave = test.audio([j])[0]
+        (z_ins,) = P.embed_sound(fa, wave, [1.0], dev)
+        ins = render(inv.generator, inv.z_n, edit_conditions(EditPlan("insert", strengths), inv.z_v, {"sound": z_ins}))
+        row = {"name": ph["name"], "source": ph["source"], "psnr": float(psnr(recon, inv.target)),
+               "ssim": float(ssim(recon, inv.target)), "seconds": inv.metrics["seconds"],
+               "insert_class": classes[cls], "insert_recording": int(test.recordings[j, 0])}
+        pred = ev.predict(torch.cat([recon, ins]).cpu())
+        topk = pred["logits"].topk(min(args.topk, pred["logits"].shape[1]), dim=1).indices
+        hit = (topk == cls).any(1)
+        row["insert_hit_before"] = bool(hit[0])
+        row["insert_hit"] = [bool(h) for h in hit[1:]]
+        loc, _ = outside_ssim(ins.cpu(), recon.cpu().expand_as(ins), pred["log_size"][1:])
+        row["insert_outside_ssim"] = [float(v) for v in loc]
+        # the composite at the photo's size, judged again at model size
+        comp = composite(ph["array"], box, recon.cpu(), ins.cpu())
+        comp_t = torch.from_numpy(comp).permute(0, 3, 1, 2).float() / 255
+        x0, y0, x1, y1 = box
+        cpred = ev.predict(comp_t[:, :, y0:y1, x0:x1].contiguous())
+        row["insert_hit_composite"] = [bool(h) for h in (cpred["logits"].topk(min(args.topk, pred["logits"].shape[1]),
+                                                                               dim=1).indices == cls).any(1)]
+        # volume: single-object composites, their own sound
+        if ph["source"] == "test-composite" and int(test.n_objects[ph["index"]]) == 1:
+            own = test.audio([ph["index"]])[0]
+            za1, za2 = P.embed_sound(fa, own, [g1, g2], dev)
+            loud = render(inv.generator, inv.z_n, edit_conditions(EditPlan("volume", vstrengths), inv.z_v,
+                                                                  {"g1": za1, "g2": za2}))
+            quiet = render(inv.generator, inv.z_n, edit_conditions(EditPlan("volume", vstrengths), inv.z_v,
+                                                                   {"g1": za2, "g2": za1}))
+            sz = ev.predict(torch.cat([recon, loud, quiet]).cpu())["log_size"]
+            n = len(vstrengths)
+            row["size_recon"] = float(sz[0])
+            row["size_louder"] = [float(v) for v in sz[1:1 + n]]
+            row["size_quieter"] = [float(v) for v in sz[1 + n:]]
+            bx0, by0, bx1, by1 = (int(v) for v in test.boxes[ph["index"], 0])
+            row["true_size"] = math.log(max(bx1 - bx0, by1 - by0) / test.spec.size)  # the evaluator's target
+            if len(examples) < args.examples:
+                mid = n // 2
+                examples.append(torch.cat([inv.target.cpu(), recon.cpu(), ins[len(strengths) // 2:len(strengths) // 2 + 1].cpu(),
+                                           loud[mid:mid + 1].cpu(), quiet[mid:mid + 1].cpu()]))
+        rows.append(row)
+        if (k + 1) % 10 == 0 or k + 1 == len(photos):
+            log(f"{k + 1}/{len(photos)} photos ({time.time() - t_all:.0f} s): PSNR so far "
+                f"{np.mean([r['psnr'] for r in rows]):.2f} dB")
+
+    summary = summarise(rows, strengths, vstrengths, args.topk)
+    result = {"summary": summary, "rows": rows,
+              "setup": {"data": data.name, "n_composites": int(len(idx)), "n_real": len(photos) - int(len(idx)),
+                        "inversion": cfg.to_dict(), "seed": args.seed, "topk": args.topk, "strengths": strengths,
+                        "volume_strengths": vstrengths, "volume_gains": [g1, g2], "device": str(dev),
+                        "threads": torch.get_num_threads(), "seconds": round(time.time() - t_all, 1),
+                        "models": {r: {"name": f.name, "sha256": f.sha256()} for r, f in folders.items()},
+                        "evaluator": {"name": ev_folder.name, "sha256": ev_folder.sha256()},
+                        "command": "python -m soundsight_train.eval_edit " + " ".join(argv if argv is not None
+                                                                                        else sys.argv[1:])}}
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    md = markdown(summary, result["setup"])
+    (out / "results.md").write_text(md)
+    if examples:
+        sc.save_grid(out / "examples.png", examples)
+    print(md)
+    log(f"wrote {out / 'results.json'}, {out / 'results.md'}" + (f", {out / 'examples.png'}" if examples else ""))
+    return 0
+
+
+def summarise(rows: list[dict], strengths: list, vstrengths: list, topk: int) -> dict:
+    groups = {"test composites": [r for r in rows if r["source"] == "test-composite"],
+              "real photos": [r for r in rows if r["source"] != "test-composite"]}
+    groups["all"] = rows
+    out = {}
+    for name, rs in groups.items():
+        if not rs:
+            continue
+        g = {"n": len(rs), "psnr": mean(r["psnr"] for r in rs), "psnr_median": round(float(np.median([r["psnr"] for r in rs])), 3),
+             "ssim": mean(r["ssim"] for r in rs), "psnr_ge_24": rate(r["psnr"] >= 24 for r in rs),
+             "seconds_per_inversion": mean(r["seconds"] for r in rs),
+             "insert_hit_before": rate(r["insert_hit_before"] for r in rs), "insert": {}}
+        for i, lam in enumerate(strengths):
+            g["insert"][str(lam)] = {"hit": rate(r["insert_hit"][i] for r in rs),
+                                     "hit_composite": rate(r["insert_hit_composite"][i] for r in rs),
+                                     "outside_ssim": mean(r["insert_outside_ssim"][i] for r in rs)}
+        vol = [r for r in rs if "size_recon" in r]
+        if vol:
+            g["volume"] = {"n": len(vol)}
+            for i, lam in enumerate(vstrengths):
+                up = [r["size_louder"][i] > r["size_recon"] for r in vol]
+                down = [r["size_quieter"][i] < r["size_recon"] for r in vol]
+                g["volume"][str(lam)] = {"louder_bigger": rate(up), "quieter_smaller": rate(down),
+                                         "right_direction": rate(up + down),
+                                         "mean_log_size_change_louder": mean(r["size_louder"][i] - r["size_recon"] for r in vol),
+                                         "mean_log_size_change_quieter": mean(r["size_quieter"][i] - r["size_recon"] for r in vol)}
+            g["volume"]["evaluator_size_error_on_recon"] = mean(abs(r["size_recon"] - r["true_size"]) for r in vol)
+        out[name] = g
+    return out
+
+
+def markdown(summary: dict, setup: dict) -> str:
+    k = setup["topk"]
+    lines = [f"Inversion ({setup['inversion']['steps']} steps"
+             + (f" + {setup['inversion']['refine_steps']} refine" if setup['inversion']['refine_steps'] else "")
+             + f", seed {setup['seed']}), at the generator's size:", "",
+             "| photos | n | PSNR (dB) | median | ≥ 24 dB | SSIM | s / photo |", "|---|---|---|---|---|---|---|"]
+    for name, g in summary.items():
+        lines.append(f"| {name} | {g['n']} | {g['psnr']:.2f} | {g['psnr_median']:.2f} | {100 * g['psnr_ge_24']:.0f} % | "
+                     f"{g['ssim']:.3f} | {g['seconds_per_inversion']:.1f} |")
+    lines += ["", f"Insert a held-out sound (evaluator top-{k} has its class; before = on the reconstruction):", "",
+              "| photos | λ | success (edit) | success (composite) | before | SSIM outside object |", "|---|---|---|---|---|---|"]
+    for name, g in summary.items():
+        for lam, v in g["insert"].items():
+            lines.append(f"| {name} | {lam} | {100 * v['hit']:.0f} % | {100 * v['hit_composite']:.0f} % | "
+                         f"{100 * g['insert_hit_before']:.0f} % | {v['outside_ssim']:.3f} |")
+    vol = summary.get("test composites", {}).get("volume")
+    if vol:
+        lines += ["", f"Volume edits on {vol['n']} single-object test composites (gains {setup['volume_gains']}; "
+                  "evaluator's estimated size vs on the reconstruction):", "",
+                  "| λ | louder → bigger | quieter → smaller | right direction | mean Δ log size (louder / quieter) |",
+                  "|---|---|---|---|---|"]
+        for lam in setup["volume_strengths"]:
+            v = vol[str(lam)]
+            lines.append(f"| {lam} | {100 * v['louder_bigger']:.0f} % | {100 * v['quieter_smaller']:.0f} % | "
+                         f"{100 * v['right_direction']:.0f} % | {v['mean_log_size_change_louder']:+.3f} / "
+                         f"{v['mean_log_size_change_quieter']:+.3f} |")
+    lines += ["", f"`{setup['command']}` ({setup['seconds']:.0f} s, {setup['device']}, {setup['threads']} thread(s))", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
