@@ -12,6 +12,7 @@ IMAGE_ENCODER = "scene-image-encoder"
 AUDIO_ENCODER = "scene-audio-encoder"
 GAN = "scene-icgan"
 LDM = "scene-ldm"
+EVALUATOR = "scene-evaluator"
 
 
 def _torch_device(device):
@@ -46,6 +47,12 @@ def load_ldm(folder, device=None):
     return SceneLDM.from_registry(folder, _torch_device(device))
 
 
+def load_evaluator(folder, device=None):
+    from .evaluator import SceneEvaluator
+
+    return SceneEvaluator.from_registry(folder, _torch_device(device))
+
+
 # architecture -> (task, loader, default model name, description)
 ARCHITECTURES = {
     IMAGE_ENCODER: ("scene-image-embedding", load_image_encoder, "scene-image-encoder-64",
@@ -54,4 +61,6 @@ ARCHITECTURES = {
                     "audio encoder f_A (ResNet-18 on log-spectrograms), aligned to f_V"),
     GAN: ("scene-generation", load_gan, "scene-gan-64", "IC-GAN-style generator G(z_N, z_V), 64 px"),
     LDM: ("scene-generation", load_ldm, "scene-ldm-64", "latent diffusion back end conditioned on z_V, 64 px"),
+    EVALUATOR: ("scene-evaluation", load_evaluator, "scene-evaluator-64",
+                "classifier + object-size regressor judging generated scenes (evaluation only)"),
 }
