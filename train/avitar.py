@@ -10,7 +10,9 @@ WPE-dereverberated target convolved with another seen room's RIR plus noise at 2
 
 Losses (HiFi-GAN style, ``discriminators.py``): generator = 45 x log-mel L1 + ``--stft-weight``
 x multi-resolution STFT + (after ``--adv-start`` steps) LSGAN + 2 x feature matching over the
-multi-period and multi-scale discriminators; AdamW betas (0.8, 0.99), lr 5e-4 (G) / 2e-4 (D).
+multi-period and multi-scale discriminators; AdamW betas (0.8, 0.99), lr 2e-3 (G) / 8e-4 (D) with a
+cosine decay to 10 % over the budget (the paper: 5e-4 / 2e-4 for far longer runs; on a CPU budget
+the higher rates reach a lower loss: 0.956 against 1.004 log-mel L1 after 80 steps for 3e-3 vs 1e-3).
 The adversarial terms start late on purpose: on a CPU budget the reconstruction terms do most of
 the work and the discriminators would cost 2/3 of every step from the start.
 
@@ -274,7 +276,8 @@ def write_registry(out: Path, G, cfg: AViTARConfig, dcfg: DiscConfig, args, stat
         "crop_s": args.crop, "context_s": args.context, "alter_prob": args.alter,
         "clips_seen": state["step"] * args.batch * state.get("world", 1),
         "seconds": round(state.get("elapsed", 0.0), 1), "device": state.get("device"), "final": final,
-        "optimizer": {"type": "AdamW", "betas": [0.8, 0.99], "lr_generator": args.lr, "lr_discriminator": args.lr_d},
+        "optimizer": {"type": "AdamW", "betas": [0.8, 0.99], "weight_decay": 0.01, "lr_generator": args.lr,
+                      "lr_discriminator": args.lr_d, "schedule": f"cosine to {args.lr_final} x over the budget"},
         "loss": {"mel_l1": 45.0, "mr_stft": args.stft_weight, "lsgan": 1.0, "feature_matching": 2.0,
                  "adversarial_from_step": args.adv_start},
         "discriminators": dcfg.to_dict(),
@@ -312,8 +315,11 @@ def parse(argv=None):
     ap.add_argument("--crop", type=float, default=1.5, help="seconds per training crop (paper 2.56)")
     ap.add_argument("--context", type=float, default=0.25, help="seconds at the start of a crop left out of the losses")
     ap.add_argument("--alter", type=float, default=0.0, help="probability of the acoustics-alteration path")
-    ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--lr-d", type=float, default=2e-4)
+    ap.add_argument("--lr", type=float, default=2e-3, help="generator (paper 5e-4; higher trains faster on a short budget)")
+    ap.add_argument("--lr-d", type=float, default=8e-4, help="discriminators (paper 2e-4)")
+    ap.add_argument("--lr-final", type=float, default=0.1,
+                    help="cosine decay to this fraction of the learning rates over --steps or --max-minutes, "
+                         "whichever ends first (a resumed session starts its own decay)")
     ap.add_argument("--stft-weight", type=float, default=15.0)
     ap.add_argument("--adv-start", type=int, default=1500, help="step at which the GAN terms start (0: from the start)")
     ap.add_argument("--d-channels", type=int, default=None, help="MPD width (MSD gets half)")
@@ -436,6 +442,13 @@ def main(argv=None) -> int:
         if args.max_minutes is not None and time.time() - t_session > args.max_minutes * 60:
             stop_reason = "max-minutes"
             break
+        frac = step / args.steps
+        if args.max_minutes:
+            frac = max(frac, (time.time() - t_session) / (args.max_minutes * 60))
+        scale = args.lr_final + (1 - args.lr_final) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+        for opt, base in ((opt_g, args.lr), (opt_d, args.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = base * scale
         x, y, img = next(loader)
         x, y, img = (t.to(dev.torch_device, non_blocking=True) for t in (x, y, img))
         stats = train_step(G, D, opt_g, opt_d, scaler, x, y, img, mel_loss=mel_loss, stft_loss=stft_loss, skip=skip,
@@ -452,7 +465,7 @@ def main(argv=None) -> int:
         if step % args.log_every == 0 or step == args.steps:
             dt = now - t_win
             rec = {"step": step, **{k: round(v / n_acc, 5) for k, v in acc.items()},
-                   "sec_per_step": round(dt / n_acc, 3),
+                   "lr": round(opt_g.param_groups[0]["lr"], 7), "sec_per_step": round(dt / n_acc, 3),
                    "audio_s_per_s": round(n_acc * args.batch * world * args.crop / dt, 2),
                    "elapsed": round(now - t_start, 1)}
             if main_proc:

@@ -338,6 +338,22 @@ def calibrate(folder, n: int | None = None, seed: int = 0, refs_per_room: int = 
     return info
 
 
+def update_card(folder, results: dict, command: str) -> None:
+    """Put an evaluation's summary into a registry card's ``metrics.eval_rematch`` (atomically;
+    the weights and their checksums are untouched)."""
+    from soundsight.outputs import write_bytes_atomic
+
+    path = Path(folder) / "card.json"
+    card = json.loads(path.read_text())
+    summary = {"command": command}
+    for split, res in results.items():
+        summary[split] = {"n": res["n"], "seconds": res.get("seconds"),
+                          "rows": {k: {m: round(float(v), 4) for m, v in r.items()} for k, r in res["rows"].items()},
+                          "blind_estimator": {k: v for k, v in res["blind_estimator"].items() if k != "band_rt60_mae"}}
+    card.setdefault("metrics", {})["eval_rematch"] = summary
+    write_bytes_atomic(path, (json.dumps(card, indent=2) + "\n").encode())
+
+
 def _folder(args) -> Path:
     if args.folder:
         return Path(args.folder)
@@ -363,6 +379,8 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="waveform,ir", help="AViTAR output modes to report: waveform, ir or both")
     ap.add_argument("--rt60-model", default=None,
                     help="learned RT60 estimator (name or folder): adds its RT60 error on every row's output")
+    ap.add_argument("--card", action="append", default=[],
+                    help="model folder whose card gets the results under metrics.eval_rematch (repeatable)")
     args = ap.parse_args(argv)
     folder = _folder(args)
     if args.cmd == "calibrate":
@@ -400,6 +418,10 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=float))
         print(f"wrote {args.json}")
+    command = "python -m soundsight_train.eval_rematch " + " ".join(argv if argv is not None else sys.argv[1:])
+    for c in args.card:
+        update_card(c, out["results"], command)
+        print(f"updated {Path(c) / 'card.json'}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """A learned blind RT60 estimator: reverberant speech -> speech-band RT60 (seconds).
 
 Input: a waveform at 16 kHz, (B, 1, T) or (B, T), any length >= 0.5 s. Features: log-mel
-spectrogram (FFT 512, hop 128, 64 mel bands 50 Hz .. 8 kHz; 32 ms / 8 ms) relative to the log
+spectrogram (FFT 512, hop 128, 48 mel bands 50 Hz .. 8 kHz; 32 ms / 8 ms) relative to the log
 of the clip's mean mel power (the estimate must not depend on the level), in natural-log units
 divided by 5 and clamped at -4 (87 dB below the mean: digital silence and padding look alike). Network: four conv
 blocks (3 x 3 conv, GroupNorm, ReLU, 2 x 2 max-pool; widths w, 2w, 4w, 4w), then mean and max
@@ -29,10 +29,10 @@ class RT60Config:
     sample_rate: int = 16000
     n_fft: int = 512
     hop: int = 128
-    n_mels: int = 64
+    n_mels: int = 48
     f_min: float = 50.0
     f_max: float = 8000.0
-    width: int = 16
+    width: int = 8
     hidden: int = 64
 
     @classmethod
