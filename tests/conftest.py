@@ -114,3 +114,11 @@ def mp4_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def mp4_no_audio(tmp_path_factory) -> Path:
     return make_video(tmp_path_factory.mktemp("video") / "silent.mp4", audio=False)
+
+
+@pytest.fixture(scope="session")
+def scene_models(tmp_path_factory):
+    """Tiny scene-gen models under their default names in a SOUNDSIGHT_HOME (tests/scene_fixtures.py)."""
+    from scene_fixtures import build_scene_models
+
+    return build_scene_models(tmp_path_factory.mktemp("scene-models"))

@@ -184,6 +184,17 @@ def both_top3(logits: torch.Tensor, labels: torch.Tensor) -> float | None:
     return round(float(all_in_topk(logits, labels, 3).float().mean()), 4) if len(labels) else None
 
 
+def volume_stats(log_sizes: torch.Tensor) -> dict:
+    """log_sizes (k, L): the estimated log size of each sound's image at L increasing levels.
+    ``volume_monotonic``: strictly growing at every step; ``volume_ends``: last > first."""
+    s = log_sizes.double()
+    steps = (s[:, 1:] > s[:, :-1]).all(1)
+    return {"volume_monotonic": round(float(steps.float().mean()), 4),
+            "volume_ends": round(float((s[:, -1] > s[:, 0]).float().mean()), 4),
+            "volume_mean_side": [round(float(torch.exp(s[:, j]).mean()), 4) for j in range(s.shape[1])],
+            "volume_n": len(s)}
+
+
 def mix_pairs(labels: np.ndarray, n_objects: np.ndarray, count: int, seed: int) -> np.ndarray:
     """(M, 2) indices of single-object samples with different classes, drawn without repeats."""
     single = np.flatnonzero(n_objects == 1)
@@ -303,11 +314,7 @@ def run(args) -> dict:
             imgs = (gan_images(G, z_m, z[:k], dev, args.batch) if backend == "gan"
                     else ldm_images(ldm, z_m, lat[:k], args.steps, args.guidance, dev, args.batch))
             sizes.append(ev.predict(imgs, batch=args.batch)["log_size"])
-        s = torch.stack(sizes, 1)  # (k, 3)
-        c = {"volume_monotonic": round(float(((s[:, 0] < s[:, 1]) & (s[:, 1] < s[:, 2])).float().mean()), 4),
-             "volume_ends": round(float((s[:, 0] < s[:, 2]).float().mean()), 4),
-             "volume_mean_side": [round(float(torch.exp(s[:, j]).mean()), 4) for j in range(3)],
-             "volume_n": k}
+        c = volume_stats(torch.stack(sizes, 1))
         if len(pairs):
             zm = torch.Generator().manual_seed(args.seed + 2)
             if backend == "gan":

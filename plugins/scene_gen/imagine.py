@@ -270,8 +270,8 @@ def run_imagine(sound: str, *, gain: float = 1.0, gain_db: float | None = None, 
     want = size or 64
     if model is None:
         name = default_generator(backend, want)
-        if not is_installed(name) and want != 64 and is_installed(default_generator(backend, 64)):
-            name = default_generator(backend, 64)  # upscaled below, with a note
+        if not is_installed(name) and want != 64:
+            name = default_generator(backend, 64)  # its images are resized below, with a note
         g_folder = resolve_model(name, "scene-generation", backend.upper(), default=True)
     else:
         g_folder = registry.resolve(model, task="scene-generation")
