@@ -62,3 +62,17 @@ def test_swap_background_keeps_objects_and_replaces_the_rest():
     assert torch.equal(y[:, :, 4:8, 4:8], x[:, :, 4:8, 4:8])
     assert float(y.sum()) == pytest.approx(float(x[:, :, 4:8, 4:8].sum()), rel=1e-5)
     assert torch.equal(swap_background(x, masks, bank, 0.0, g, torch.device("cpu")), x)
+
+
+def test_mask_boxes_and_object_crop_zoom_onto_the_object():
+    from soundsight_train.scene_image_encoder import mask_boxes, object_crop
+
+    masks = torch.zeros(2, 1, 32, 32, dtype=torch.uint8)
+    masks[0, :, 8:16, 16:24] = 1  # rows 8..15, columns 16..23
+    boxes = mask_boxes(masks)
+    assert boxes[0].tolist() == pytest.approx([0.0, -0.5, 0.5, 0.0])
+    assert boxes[1].tolist() == [-1.0, -1.0, 1.0, 1.0]  # empty mask: the whole image
+    x = masks.float().expand(2, 3, 32, 32).clone()
+    v = object_crop(x, boxes, torch.Generator().manual_seed(0), margin=(1.3, 1.3))
+    assert float(v[0].mean()) > 0.3  # the object fills much more of the view than of the image (1/16)
+    assert float(x[0].mean()) == pytest.approx(1 / 16)

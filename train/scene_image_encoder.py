@@ -67,6 +67,39 @@ def swap_background(x, masks_u8, bank_u8, p: float, gen: torch.Generator, device
     return x * m + bg * (1 - m) if m.any() else x
 
 
+def mask_boxes(masks_u8: torch.Tensor) -> torch.Tensor:
+    """(N, 4) normalised [-1, 1] boxes (x0, y0, x1, y1) around each mask's pixels (the whole image if empty)."""
+    n, _, h, w = masks_u8.shape
+    m = masks_u8[:, 0].bool()
+    cols, rows = m.any(1), m.any(2)
+    idx_w, idx_h = torch.arange(w).expand(n, w), torch.arange(h).expand(n, h)
+    x0 = torch.where(cols, idx_w, w).min(1).values
+    x1 = torch.where(cols, idx_w, -1).max(1).values + 1
+    y0 = torch.where(rows, idx_h, h).min(1).values
+    y1 = torch.where(rows, idx_h, -1).max(1).values + 1
+    empty = ~cols.any(1)
+    box = torch.stack([x0 / w, y0 / h, x1 / w, y1 / h], 1).float() * 2 - 1
+    box[empty] = torch.tensor([-1.0, -1.0, 1.0, 1.0])
+    return box
+
+
+def object_crop(x: torch.Tensor, boxes: torch.Tensor, gen: torch.Generator, margin=(1.2, 2.2)) -> torch.Tensor:
+    """A square view around each image's object(s): the box's longer side times U(``margin``),
+    jittered, resized to the input size, random flip (one grid_sample for the batch)."""
+    b = len(x)
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    side = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / 2
+    half = (side * torch.empty(b).uniform_(*margin, generator=gen)).clamp(0.15, 1.0)
+    cx = cx + (torch.rand(b, generator=gen) - 0.5) * 0.3 * half
+    cy = cy + (torch.rand(b, generator=gen) - 0.5) * 0.3 * half
+    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = half * flip, cx
+    theta[:, 1, 1], theta[:, 1, 2] = half, cy
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
 def parse(argv=None):
     ap = argparse.ArgumentParser(prog="python -m soundsight_train.scene_image_encoder",
                                  description=__doc__.split("\n")[0])
@@ -82,7 +115,9 @@ def parse(argv=None):
     ap.add_argument("--temperature", type=float, default=0.2)
     ap.add_argument("--crop-min", type=float, default=0.6, help="smallest crop area fraction")
     ap.add_argument("--jitter", type=float, default=0.4, help="colour jitter strength")
-    ap.add_argument("--bg-swap", type=float, default=0.8, help="probability of replacing a view's background")
+    ap.add_argument("--bg-swap", type=float, default=0.5, help="probability of replacing a view's background")
+    ap.add_argument("--local-view", type=float, default=1.0,
+                    help="probability that the second view is a crop around the object(s) (global-local pair)")
     ap.add_argument("--bg-bank", type=int, default=3000, help="random background crops to swap in")
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--eval-train", type=int, default=2000, help="train images that vote in kNN")
@@ -126,6 +161,7 @@ def write_registry(out, encoder, cfg, args, state, metrics, data):
                                                          "schedule": f"warm-up {args.warmup} + cosine"},
                 "temperature": args.temperature, "augment": {"crop_area": [args.crop_min, 1.0], "flip": True,
                                                              "background_swap": args.bg_swap,
+                                                             "local_view": args.local_view,
                                                              "colour_jitter": args.jitter, "greyscale": 0.2},
                 "curve": "curve.jsonl in the run folder"}
     save_model(out, name=args.name or out.name, task=IMAGE_TASK, architecture=IMAGE_ARCHITECTURE,
@@ -144,10 +180,12 @@ def main(argv=None) -> int:
     folder = sc.find_scenes(args.data)
     train, val = scenes.SceneSplit(folder, "train"), scenes.SceneSplit(folder, "val")
     train_u8, val_u8 = sc.images_nchw(train, args.size), sc.images_nchw(val, args.size)
-    if args.bg_swap > 0 and not all("path" in b for b in train.meta["backgrounds"]):
-        log("note: the dataset's meta.json has no background photo paths; --bg-swap disabled")
-        args.bg_swap = 0.0
-    masks = torch.from_numpy(scenes.object_masks(train, args.size)).unsqueeze(1) if args.bg_swap > 0 else None
+    if (args.bg_swap > 0 or args.local_view > 0) and not all("path" in b for b in train.meta["backgrounds"]):
+        log("note: the dataset's meta.json has no background photo paths; --bg-swap and --local-view disabled")
+        args.bg_swap = args.local_view = 0.0
+    masks = (torch.from_numpy(scenes.object_masks(train, args.size)).unsqueeze(1)
+             if args.bg_swap > 0 or args.local_view > 0 else None)
+    boxes = mask_boxes(masks) if masks is not None and args.local_view > 0 else None
     bank = (torch.from_numpy(scenes.background_bank(folder, args.bg_bank, args.size, args.seed)).permute(0, 3, 1, 2)
             .contiguous() if args.bg_swap > 0 else None)
     overrides = {"feature_dim": args.feature_dim} if args.feature_dim else {}
@@ -183,9 +221,16 @@ def main(argv=None) -> int:
         idx = sc.take(len(train_u8), args.batch, gen)
         x = sc.to_unit(train_u8[idx], dev.torch_device)
         views = []
-        for _ in range(2):
+        for k in range(2):
             v = swap_background(x, masks[idx], bank, args.bg_swap, gen, dev.torch_device) if masks is not None else x
-            views.append(sc.colour_jitter(sc.random_resized_crop(v, gen, scale=(args.crop_min, 1.0)), gen, args.jitter))
+            v = sc.random_resized_crop(v, gen, scale=(args.crop_min, 1.0))
+            if k == 1 and boxes is not None and args.local_view > 0:
+                local = torch.rand(len(x), generator=gen) < args.local_view
+                if local.any():
+                    v[local] = object_crop(x[local] if masks is None else
+                                           swap_background(x[local], masks[idx][local], bank, args.bg_swap, gen,
+                                                           dev.torch_device), boxes[idx][local], gen)
+            views.append(sc.colour_jitter(v, gen, args.jitter))
         with dev.autocast():
             z = ddp(torch.cat(views, 0))
             loss = nt_xent(z[:len(x)], z[len(x):], args.temperature)
