@@ -39,7 +39,6 @@ found in >= 60 % of mixes.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -64,7 +63,8 @@ def parse(argv=None):
         ap.add_argument("--" + key.replace("_", "-"), default=name, help=f"registry name or folder (default {name})")
     ap.add_argument("--steps", type=int, default=25, help="DDIM steps of the LDM")
     ap.add_argument("--guidance", type=float, default=None, help="LDM guidance (default: the model's)")
-    ap.add_argument("--ldm-n", type=int, default=0, help="sounds for the LDM rows and controls (0: same as --n)")
+    ap.add_argument("--ldm-n", type=int, default=0,
+                    help="sounds (and at most as many mixes) for the LDM rows and controls (0: same as --n)")
     ap.add_argument("--mixes", type=int, default=200, help="two-sound mixes for the mixing control")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=64)
@@ -284,7 +284,8 @@ def run(args) -> dict:
     # (C) nearest training image by audio feature
     t0 = time.time()
     train_f = sc.encode_images(fv, sc.images_nchw(train, fv.cfg.image_size), dev.torch_device, args.batch)
-    nearest = torch.cat([(z_a[i:i + 256] @ train_f.t()).argmax(1) for i in range(0, n, 256)])  # unit norm: max cos = min L2
+    # unit-norm features: the largest cosine is the smallest L2 distance
+    nearest = torch.cat([(z_a[i:i + 256] @ train_f.t()).argmax(1) for i in range(0, n, 256)])
     retrieved = sc.to_unit(sc.images_nchw(train, ev_size)[nearest], "cpu")
     add_row("C", "C", "retrieval: nearest training image by f_A -> f_V", retrieved)
     log(f"retrieval over {len(train_f)} training images: {time.time() - t0:.0f}s")
@@ -315,15 +316,16 @@ def run(args) -> dict:
                     else ldm_images(ldm, z_m, lat[:k], args.steps, args.guidance, dev, args.batch))
             sizes.append(ev.predict(imgs, batch=args.batch)["log_size"])
         c = volume_stats(torch.stack(sizes, 1))
-        if len(pairs):
+        m_n = len(pairs) if backend == "gan" else min(len(pairs), n_ldm)  # the LDM's mixes: at most --ldm-n
+        if m_n:
             zm = torch.Generator().manual_seed(args.seed + 2)
             if backend == "gan":
-                imgs = gan_images(G, z_mix, G.sample_z(len(pairs), zm), dev, args.batch)
+                imgs = gan_images(G, z_mix[:m_n], G.sample_z(m_n, zm), dev, args.batch)
             else:
-                imgs = ldm_images(ldm, z_mix, ldm_latents(ldm, len(pairs), zm), args.steps, args.guidance, dev,
+                imgs = ldm_images(ldm, z_mix[:m_n], ldm_latents(ldm, m_n, zm), args.steps, args.guidance, dev,
                                   args.batch)
-            c["mix_both_top3"] = both_top3(ev.predict(imgs, batch=args.batch)["logits"], mix_labels)
-            c["mixes_n"] = len(pairs)
+            c["mix_both_top3"] = both_top3(ev.predict(imgs, batch=args.batch)["logits"], mix_labels[:m_n])
+            c["mixes_n"] = m_n
         b_out = judged[f"B-{backend}"]["logits"]
         c["natural_mix_both_top3"] = both_top3(b_out[two[:k]], labels[:k][two[:k]])
         c["natural_mix_n"] = int(two[:k].sum())
@@ -382,11 +384,18 @@ def markdown(res: dict) -> str:
                  + " | ".join(_f(c[b]['natural_mix_both_top3']) for b in backs)
                  + f" | {_f(c['real']['natural_mix_both_top3'])} | |")
     e = res["evaluator_on_real"]
-    lines += ["", f"Mixes: {c['gan'].get('mixes_n', 0)} pairs of single-object sounds of different classes, each "
-              f"at gain 1. Volume: {c['gan']['volume_n']} sounds at their reference level x0.25 / x1 / x4, one z "
-              f"per sound; mean estimated side (fraction of the image) GAN "
-              f"{' / '.join(f'{v:.3f}' for v in c['gan']['volume_mean_side'])}. The evaluator on the real "
-              f"{res['split']} images: top1 {e['top1']:.3f}, top5 {e['top5']:.3f}, size R^2 {e['size_r2']:.3f}."]
+
+    def counts(key):
+        return " / ".join(f"{c[b].get(key, 0)} ({b.upper()})" for b in backs)
+
+    def sides(b):
+        return " / ".join(f"{v:.3f}" for v in c[b]["volume_mean_side"])
+
+    lines += ["", f"Mixes: {counts('mixes_n')} pairs of single-object sounds of different classes, each at gain 1. "
+              f"Volume: {counts('volume_n')} sounds at their reference level x0.25 / x1 / x4, one noise draw per "
+              f"sound; mean estimated side of the loudest object (fraction of the image side) "
+              + "; ".join(f"{b.upper()} {sides(b)}" for b in backs) + f". The evaluator on the real {res['split']} "
+              f"images: top1 {e['top1']:.3f}, top5 {e['top5']:.3f}, size R^2 {e['size_r2']:.3f}."]
     return "\n".join(lines) + "\n"
 
 

@@ -81,7 +81,8 @@ def parse_gains(text: str) -> list[float]:
         try:
             v = float(part)
         except ValueError:
-            raise InputError(f"--sweep-gain takes comma-separated positive numbers like 0.25,1,4; got {text!r}") from None
+            raise InputError(f"--sweep-gain takes comma-separated positive numbers like 0.25,1,4; "
+                             f"got {text!r}") from None
         if not (math.isfinite(v) and v > 0):
             raise InputError(f"--sweep-gain values must be positive numbers, got {part.strip()!r}")
         values.append(v)
