@@ -24,7 +24,7 @@ state); ``--max-minutes`` stops cleanly (checkpoint + registry folder); a learni
 metrics on unseen rooms (``eval_rematch``) in its card.
 
     OMP_NUM_THREADS=1 python -m soundsight_train.avitar --preset cpu --threads 1 --max-minutes 55 \\
-        --out models/rooms-avitar-16k --run runs/rooms-avitar-16k --resume
+        --out models/rooms-avitar-16k --run-dir runs/rooms-avitar-16k --resume
     python -m soundsight_train.avitar --tiny --out /tmp/avitar-tiny          # smoke test
 """
 

@@ -61,12 +61,7 @@ def window_batch(feats: list[torch.Tensor], idx: np.ndarray, frames: int, rng) -
     return out
 
 
-@torch.no_grad()
-def evaluate(model: RT60Net, feats: list[torch.Tensor], truth: np.ndarray) -> dict:
-    was = model.training
-    model.eval()
-    pred = np.array([float(torch.exp(model.from_features(f[None]))[0]) for f in feats])
-    model.train(was)
+def _summary(pred: np.ndarray, truth: np.ndarray) -> dict:
     err = np.abs(pred - truth)
     return {"n": int(len(truth)), "mae_s": round(float(err.mean()), 4), "median_ae_s": round(float(np.median(err)), 4),
             "rel_mae": round(float(np.mean(err / truth)), 4),
@@ -74,12 +69,48 @@ def evaluate(model: RT60Net, feats: list[torch.Tensor], truth: np.ndarray) -> di
             "true_mean_s": round(float(truth.mean()), 4)}
 
 
+@torch.no_grad()
+def evaluate(model: RT60Net, feats: list[torch.Tensor], truth: np.ndarray, waves=None, sr: int = 16000) -> dict:
+    """The model's errors; with ``waves``, also the classical blind estimator's
+    (``acoustics.blind_estimate``, the ridge regression on decay features) on the same clips."""
+    was = model.training
+    model.eval()
+    pred = np.array([float(torch.exp(model.from_features(f[None]))[0]) for f in feats])
+    model.train(was)
+    res = _summary(pred, truth)
+    if waves is not None:
+        from soundsight_plugins.acoustic_match import acoustics as ac
+
+        ok = [i for i, w in enumerate(waves) if len(w) >= sr]  # it needs at least 1 s
+        res["blind_ridge_same_clips"] = _summary(np.array([ac.blind_estimate(waves[i], sr).rt60 for i in ok]), truth[ok])
+        res["same_clips_model"] = _summary(pred[ok], truth[ok])
+    return res
+
+
+def evaluate_folder(out: Path, ds, args) -> int:
+    from soundsight.outputs import write_bytes_atomic
+    from soundsight.registry import resolve
+
+    model = RT60Net.from_registry(resolve(out))
+    te = clips(ds, "unseen", "test", args.eval_per_room, args.seed + 1, 4 if args.tiny else None)
+    waves = [w for *_, w in te]
+    truth = np.array([ds.rooms[r]["acoustics"]["rt60_speech"] for r, *_ in te])
+    res = evaluate(model, featurize(model, waves), truth, waves, ds.sr)
+    print(f"unseen rooms x test speech: {json.dumps(res)}", flush=True)
+    card = json.loads((out / "card.json").read_text())
+    card.setdefault("metrics", {})["unseen_rooms_test_speech"] = res
+    write_bytes_atomic(out / "card.json", (json.dumps(card, indent=2) + "\n").encode())
+    return 0
+
+
 def parse(argv=None):
     ap = argparse.ArgumentParser(prog="python -m soundsight_train.rt60_estimator", description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=None)
     ap.add_argument("--preset", default="cpu", choices=["tiny", "cpu"])
     ap.add_argument("--tiny", action="store_true", help="smoke run: tiny model, few rooms and steps")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, help="registry folder to write (with --evaluate: the folder to evaluate)")
+    ap.add_argument("--evaluate", action="store_true",
+                    help="no training: evaluate the model in --out and update its card's metrics")
     ap.add_argument("--name", default=None)
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--max-minutes", type=float, default=None)
@@ -113,6 +144,8 @@ def main(argv=None) -> int:
     ds = rooms_mod.RoomsData(folder)
     cfg = RT60Config.preset(args.preset, sample_rate=ds.sr)
     model = RT60Net(cfg)
+    if args.evaluate:
+        return evaluate_folder(Path(args.out), ds, args)
     n_rooms = 4 if args.tiny else None
     t0 = time.time()
     tr = clips(ds, "seen", "train", args.per_room, args.seed, n_rooms)
@@ -152,7 +185,7 @@ def main(argv=None) -> int:
                   flush=True)
             acc = 0.0
     seconds = time.time() - t_train
-    metrics = {"unseen_rooms_test_speech": evaluate(model, f_te, t_te)}
+    metrics = {"unseen_rooms_test_speech": evaluate(model, f_te, t_te, [w for *_, w in te], ds.sr)}
     print(f"unseen rooms x test speech: {json.dumps(metrics['unseen_rooms_test_speech'])}", flush=True)
     from soundsight.registry import save_model
 
