@@ -24,9 +24,9 @@ from soundsight import console
 from soundsight.errors import InputError, ModelError
 
 from . import acoustics as ac
-from .render import IR_MAX_S, SILENT_PEAK, ModelChunker, first_seconds, to_mono, json_num
+from .render import IR_MAX_S, SILENT_PEAK, first_seconds, json_num, to_mono
 
-EXCERPT_S = 20.0  # ir mode: the model hears this much of the input...
+EXCERPT_S = 8.0  # ir mode: the model hears this much of the input (plenty to deconvolve a room)...
 SCAN_S = 120.0  # ...the most active stretch of the first two minutes
 MODEL_INPUT_RMS = 0.05  # speech level the rooms dataset trains on (-26 dBFS RMS of active speech)
 MEASURED_IR_MAX_S = 30.0
@@ -50,6 +50,11 @@ class IRInfo:
     rt60_speech: float  # the same on the speech band (the number comparable across methods)
     drr_db: float
     extra: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+    def warn(self, msg: str) -> None:
+        console.warn(msg)
+        self.warnings.append(msg)
 
     def to_dict(self) -> dict:
         return {"source": self.source, "length_s": round(self.length_s, 4),
@@ -81,7 +86,7 @@ def ir_from_reference(path, sr: int, *, seed: int = 0) -> tuple[np.ndarray, IRIn
                       "rt60_bands": {str(k): json_num(v) for k, v in est.rt60_bands.items()},
                       "decays_seen": est.n_decays}})
     if est.n_decays < 50:
-        console.warn(f"{path}: few sound decays to measure ({est.n_decays}); the room estimate leans on its priors "
+        info.warn(f"{path}: few sound decays to measure ({est.n_decays}); the room estimate leans on its priors "
                      "(a few seconds of speech with pauses works best)")
     return h, info
 
@@ -90,26 +95,29 @@ def ir_from_file(path, sr: int, channels: int) -> tuple[np.ndarray, IRInfo]:
     """A measured IR file at the input's rate: (1, L) or (channels, L), trailing silence cut."""
     from soundsight.audio import load_audio, resample
 
+    notes: list[str] = []
     h, ir_sr = load_audio(path, None, None, min_samples=2)
     peak = float(np.max(np.abs(h))) if h.size else 0.0
     if peak < SILENT_PEAK:
         raise InputError(f"{path} is silent; not an impulse response")
     if h.shape[0] not in (1, channels):
-        console.warn(f"{path} has {h.shape[0]} channels and the audio {channels}; using the IR's mean over channels")
+        notes.append(f"{path} has {h.shape[0]} channels and the audio {channels}; using the IR's mean over channels")
         h = h.mean(axis=0, keepdims=True)
     loud = np.nonzero(np.max(np.abs(h), axis=0) > peak * 1e-5)[0]  # -100 dB of the peak
     h = h[:, : int(loud[-1]) + 1]
     if h.shape[1] > MEASURED_IR_MAX_S * ir_sr:
-        console.warn(f"{path} is {h.shape[1] / ir_sr:.1f} s long; using its first {MEASURED_IR_MAX_S:g} s")
+        notes.append(f"{path} is {h.shape[1] / ir_sr:.1f} s long; using its first {MEASURED_IR_MAX_S:g} s")
         h = h[:, : int(MEASURED_IR_MAX_S * ir_sr)]
     if ir_sr != sr:
         h = resample(h, ir_sr, sr)
     if ir_sr < sr and ir_sr < 32000:
-        console.warn(f"{path} is sampled at {ir_sr} Hz: the output has no reverberation above {ir_sr // 2000} kHz")
+        notes.append(f"{path} is sampled at {ir_sr} Hz: the output has no reverberation above {ir_sr // 2000} kHz")
     rt, rts, drr = _measure_ir(h, sr)
     k = int(np.argmax(np.abs(to_mono(h))))
     info = IRInfo("ir", sr, h.shape[1] / sr, rt, rts, drr, extra={
         "path": str(path), "file_rate": int(ir_sr), "channels": int(h.shape[0]), "predelay_ms": round(1000 * k / sr, 2)})
+    for msg in notes:
+        info.warn(msg)
     return h.astype(np.float32), info
 
 
@@ -281,8 +289,7 @@ def ir_from_model(render, model_sr: int, excerpt: np.ndarray, sr: int, *, seed: 
     band at ``sr`` (``extend_ir``)."""
     tail = int(round(IR_MAX_S * model_sr))
     dry = np.pad(np.asarray(excerpt, np.float32), (0, tail))
-    chunker = ModelChunker(render, model_sr)
-    wet = np.concatenate(chunker.feed(dry) + chunker.finish(len(dry)))
+    wet = render(dry)  # one call: the excerpt is short, and no chunk seams enter the IR
     if not np.any(wet):
         raise ModelError("the acoustic-match model returned silence")
     h = ac.estimate_ir(dry, wet, length=tail, sr=model_sr)

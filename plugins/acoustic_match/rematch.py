@@ -276,7 +276,6 @@ def run_rematch(req: Request, *, device=None, extra_provenance: Optional[dict] =
         check_output(report_path, force=req.force, inputs=inputs + [out])
     sr, C = sound.sr, sound.channels
     models, model_name = {}, None
-    warnings_before = []
 
     if src == "like":
         with _option_named("--like"):
@@ -319,7 +318,7 @@ def run_rematch(req: Request, *, device=None, extra_provenance: Optional[dict] =
     res = render(lambda: sound.blocks(req.block_s), engine, sr, C, mix=float(req.mix), open_sink=open_sink,
                  spool_dir=out.resolve().parent, block_s=req.block_s,
                  measure_hi_band=(mode == "waveform" and sr > 16000), trim_tail=(mode == "waveform"), what=str(out))
-    warnings = list(warnings_before)
+    warnings = list(info.warnings) if info is not None else []
     if mode == "waveform" and res["hi_band_db"] is not None and res["hi_band_db"] > -50.0:
         msg = (f"the input has energy above 8 kHz ({res['hi_band_db']:.0f} dB of the total) that waveform mode "
                f"drops (the model works at 16 kHz); --mode ir keeps it")
