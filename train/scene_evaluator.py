@@ -128,6 +128,12 @@ def lr_at(p: float, step: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * p))
 
 
+METRICS_NOTES = ("val: new compositions of the training stamps and recordings; test: held-out stamps and recordings "
+                 "(27 classes). top1/top5: the loudest object's class among the top 1/5 logits; top1_any: the top "
+                 "class is any object of the scene; both_top3: two-object scenes with both classes in the top 3; "
+                 "size_r2: R^2 of the log of the loudest object's longer box side / image side.")
+
+
 def write_registry(out, model, cfg, args, state, metrics, data):
     from soundsight.registry import save_model
 
@@ -145,7 +151,7 @@ def write_registry(out, model, cfg, args, state, metrics, data):
                 "curve": "curve.jsonl in the run folder"}
     save_model(out, name=args.name or out.name, task=TASK, architecture=ARCHITECTURE, config=cfg.to_dict(),
                tensors={"model.safetensors": sc.unwrap(model).state_dict()}, training=training, metrics=metrics,
-               data=data, license="Apache-2.0",
+               data=data, license="Apache-2.0", extra={"metrics_notes": METRICS_NOTES},
                description=f"scene-gen evaluator (evaluation only, never used for generation): {cfg.image_size} px "
                            f"CNN, {cfg.n_classes}-class multi-label head + log object-size regressor, trained "
                            "supervised on the scenes dataset's real composites.")
