@@ -117,7 +117,9 @@ def parse(argv=None):
     ap.add_argument("--jitter", type=float, default=0.4, help="colour jitter strength")
     ap.add_argument("--bg-swap", type=float, default=0.5, help="probability of replacing a view's background")
     ap.add_argument("--local-view", type=float, default=1.0,
-                    help="probability that the second view is a crop around the object(s) (global-local pair)")
+                    help="probability that a view is a crop around the object(s) instead of the whole image")
+    ap.add_argument("--aug-ramp", type=int, default=300,
+                    help="steps over which --bg-swap and --local-view ramp up from 0 (0: full from the start)")
     ap.add_argument("--bg-bank", type=int, default=3000, help="random background crops to swap in")
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--eval-train", type=int, default=2000, help="train images that vote in kNN")
@@ -161,7 +163,7 @@ def write_registry(out, encoder, cfg, args, state, metrics, data):
                                                          "schedule": f"warm-up {args.warmup} + cosine"},
                 "temperature": args.temperature, "augment": {"crop_area": [args.crop_min, 1.0], "flip": True,
                                                              "background_swap": args.bg_swap,
-                                                             "local_view": args.local_view,
+                                                             "local_view": args.local_view, "ramp_steps": args.aug_ramp,
                                                              "colour_jitter": args.jitter, "greyscale": 0.2},
                 "curve": "curve.jsonl in the run folder"}
     save_model(out, name=args.name or out.name, task=IMAGE_TASK, architecture=IMAGE_ARCHITECTURE,
@@ -221,14 +223,19 @@ def main(argv=None) -> int:
         idx = sc.take(len(train_u8), args.batch, gen)
         x = sc.to_unit(train_u8[idx], dev.torch_device)
         views = []
-        for k in range(2):
-            v = swap_background(x, masks[idx], bank, args.bg_swap, gen, dev.torch_device) if masks is not None else x
+        # curriculum: plain views first (they learn fast, mostly from the background), then the
+        # augmentations that take the background away; at full strength from the start SimCLR
+        # collapsed to a constant embedding (loss ln(2B-1)) in three runs
+        ramp = min(1.0, step / args.aug_ramp) if args.aug_ramp > 0 else 1.0
+        p_swap, p_local = args.bg_swap * ramp, args.local_view * ramp
+        for _ in range(2):
+            v = swap_background(x, masks[idx], bank, p_swap, gen, dev.torch_device) if masks is not None else x
             v = sc.random_resized_crop(v, gen, scale=(args.crop_min, 1.0))
-            if k == 1 and boxes is not None and args.local_view > 0:
-                local = torch.rand(len(x), generator=gen) < args.local_view
+            if boxes is not None and args.local_view > 0:
+                local = torch.rand(len(x), generator=gen) < p_local
                 if local.any():
                     v[local] = object_crop(x[local] if masks is None else
-                                           swap_background(x[local], masks[idx][local], bank, args.bg_swap, gen,
+                                           swap_background(x[local], masks[idx][local], bank, p_swap, gen,
                                                            dev.torch_device), boxes[idx][local], gen)
             views.append(sc.colour_jitter(v, gen, args.jitter))
         with dev.autocast():
