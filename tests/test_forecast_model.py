@@ -189,6 +189,22 @@ def test_one_training_step_on_cpu(use_audio):
     assert stats["d_loss"] == 0 and math.isfinite(stats["loss"])
 
 
+def test_free_bits_floor_the_kl_term_and_leave_the_reported_kl_alone():
+    cfg = tiny()
+    x, a = data(b=2, t=cfg.n_past + cfg.n_future)
+    runs = {}
+    for fb in (0.0, 50.0):
+        torch.manual_seed(0)
+        g = Sound2Sight(cfg)
+        og = torch.optim.SGD(g.parameters(), lr=0.0)  # look at the loss, not at an update
+        runs[fb] = train_step(g, None, og, None, None, x, a, cfg, beta=1.0, gamma=0.0, free_bits=fb,
+                              pick_gen=torch.Generator())
+    assert runs[50.0]["kld"] == pytest.approx(runs[0.0]["kld"], rel=1e-5)
+    floor = 50.0 * (cfg.n_past + cfg.n_future - 1) * cfg.z_dim  # every (frame, dim) KL is far below 50 nats
+    assert runs[50.0]["loss"] == pytest.approx(runs[50.0]["mse"] + floor, rel=1e-4)
+    assert runs[0.0]["loss"] == pytest.approx(runs[0.0]["mse"] + runs[0.0]["kld"], rel=1e-4)
+
+
 def test_pick_windows_puts_the_generated_frame_among_real_neighbours():
     cfg = tiny()
     x, _ = data(b=4, t=8)

@@ -317,9 +317,10 @@ def frame_chunks(waveform: torch.Tensor, n_frames: int, chunk: int) -> torch.Ten
     return w[:, :need].reshape(w.shape[0], n_frames, chunk)
 
 
-def kl_gaussians(mu_q, lv_q, mu_p, lv_p):
-    """KL(N(mu_q, e^lv_q) || N(mu_p, e^lv_p)), summed over z dims → (...,)."""
-    return 0.5 * (lv_p - lv_q + (lv_q.exp() + (mu_q - mu_p) ** 2) / lv_p.exp() - 1).sum(-1)
+def kl_gaussians(mu_q, lv_q, mu_p, lv_p, per_dim: bool = False):
+    """KL(N(mu_q, e^lv_q) || N(mu_p, e^lv_p)), summed over z dims → (...,) (or per dim)."""
+    kl = 0.5 * (lv_p - lv_q + (lv_q.exp() + (mu_q - mu_p) ** 2) / lv_p.exp() - 1)
+    return kl if per_dim else kl.sum(-1)
 
 
 # --------------------------------------------------------------------------------------------
