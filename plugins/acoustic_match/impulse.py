@@ -134,8 +134,10 @@ def extend_ir(h_low: np.ndarray, sr_low: int, sr: int, *, seed: int = 0,
     ``sr_low / 2`` it is nothing at all. The continuation is ``acoustics.synthetic_ir`` with the
     IR's own octave RT60s (250 Hz .. 4 kHz, held beyond) and DRR, its direct sound at the IR's
     peak, scaled to the IR's level just inside each edge of the trusted band; the two are joined
-    in the frequency domain with power-complementary half-cosine crossovers (log frequency)
-    ``low_xover`` and ``high_xover``. Returns the IR at ``sr`` and what was measured.
+    in the frequency domain with amplitude-complementary raised-cosine crossovers (log frequency)
+    ``low_xover`` and ``high_xover``: the direct sounds, aligned, add up exactly; the two
+    (independent) tails dip by at most 3 dB mid-crossover. The FFT is zero-padded by 0.25 s so
+    the crossovers' ringing does not wrap around. Returns the IR at ``sr`` and what was measured.
     """
     from scipy.fft import irfft, next_fast_len, rfft
 
@@ -159,20 +161,20 @@ def extend_ir(h_low: np.ndarray, sr_low: int, sr: int, *, seed: int = 0,
     syn = syn[:L].astype(np.float64)
     if len(syn) < L:
         syn = np.pad(syn, (0, L - len(syn)))
-    n = next_fast_len(L)
+    n = next_fast_len(L + int(0.25 * sr))
     E, S = rfft(hu, n), rfft(syn, n)
     f = np.fft.rfftfreq(n, 1.0 / sr)
     lf = np.log2(np.maximum(f, 1e-3))
 
-    def ramp(f0, f1):  # 0 below f0, 1 above f1, half-cosine in log frequency
+    def ramp(f0, f1):  # 0 below f0, 1 above f1, raised cosine in log frequency
         u = np.clip((lf - math.log2(f0)) / (math.log2(f1) - math.log2(f0)), 0.0, 1.0)
-        return np.sin(0.5 * np.pi * u)
+        return 0.5 - 0.5 * np.cos(np.pi * u)
 
     hi1, hi2 = high_xover
     hi2 = min(hi2, 0.9 * sr_low / 2)
     hi1 = min(hi1, 0.8 * hi2)
-    w_est = ramp(*low_xover) * np.sqrt(np.clip(1.0 - ramp(hi1, hi2) ** 2, 0.0, 1.0))
-    w_syn = np.sqrt(np.clip(1.0 - w_est ** 2, 0.0, 1.0))
+    w_est = ramp(*low_xover) * (1.0 - ramp(hi1, hi2))
+    w_syn = 1.0 - w_est
 
     def level(X, lo, hi):
         sel = (f >= lo) & (f < hi)
