@@ -175,10 +175,9 @@ def register_commands(app):
     ):
         """Edit a photo with a sound: GAN inversion into scene-gen's generator, then a sound-driven latent edit.
 
-        Insert (default): z = (1-λ) z_V + λ z_A(sound), keeping the inverted noise. Volume (--louder, --quieter,
-        --gains): z = z_V + λ (z_A(G1) - z_A(G2)) (Sound2Vision §5.2).
+        Insert (default): z = (1-λ) z_V + λ z_A(sound), keeping the inverted noise. Volume (--louder, --quieter, --gains): z = z_V + λ (z_A(G1) - z_A(G2)) (Sound2Vision §5.2).
 
-        The edit is generated at the model's size (64 px) and composited onto the photo at its own size.
+        The centred square of the photo is inverted and edited at the model's size (64 px) and composited back onto the photo at its own size; the rest of the photo is kept.
         """
         from soundsight import console, session
 
