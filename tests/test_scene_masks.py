@@ -62,6 +62,12 @@ def test_swap_background_keeps_objects_and_replaces_the_rest():
     assert torch.equal(y[:, :, 4:8, 4:8], x[:, :, 4:8, 4:8])
     assert float(y.sum()) == pytest.approx(float(x[:, :, 4:8, 4:8].sum()), rel=1e-5)
     assert torch.equal(swap_background(x, masks, bank, 0.0, g, torch.device("cpu")), x)
+    # with 0 < p < 1, every sample is either the original image or objects over a new background
+    y = swap_background(x.repeat(8, 1, 1, 1), masks.repeat(8, 1, 1, 1), bank, 0.5, g, torch.device("cpu"))
+    original = [torch.equal(y[i], x[i % 4]) for i in range(32)]
+    assert 4 < sum(original) < 28
+    for i in range(32):
+        assert torch.equal(y[i, :, 4:8, 4:8], x[i % 4, :, 4:8, 4:8])
 
 
 def test_mask_boxes_and_object_crop_zoom_onto_the_object():

@@ -63,8 +63,8 @@ def swap_background(x, masks_u8, bank_u8, p: float, gen: torch.Generator, device
     b = len(x)
     swap = (torch.rand(b, 1, 1, 1, generator=gen) < p).to(device, x.dtype)
     bg = sc.to_unit(bank_u8[torch.randint(len(bank_u8), (b,), generator=gen)], device)
-    m = masks_u8.to(device, x.dtype) * swap
-    return x * m + bg * (1 - m) if m.any() else x
+    keep = 1 - (1 - masks_u8.to(device, x.dtype)) * swap  # 1 on objects and on every pixel of unswapped samples
+    return x * keep + bg * (1 - keep)
 
 
 def mask_boxes(masks_u8: torch.Tensor) -> torch.Tensor:
