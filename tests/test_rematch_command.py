@@ -356,3 +356,29 @@ def test_recipe_step_runs_and_resumes(media, tmp_path):
         assert sr == 16000 and y.shape[0] == 1
     r2 = run_cli("run", recipe, "--json")
     assert r2.code == 0 and "skip" in (r2.out + r2.err).lower(), r2.out + r2.err
+
+
+# ------------------------------------------------------------------------------------------ demo
+
+
+def test_demo_part(tmp_path):
+    """The demo makes its inputs from the bundled assets; --ir reproduces the room's RT60."""
+    from soundsight import registry
+    from soundsight.errors import ModelError
+    from soundsight_plugins.acoustic_match.plugin import DEFAULT_MODEL, _demo
+
+    try:
+        registry.resolve(DEFAULT_MODEL, task="acoustic-match")
+        has_model = True
+    except ModelError:
+        has_model = False
+    written = _demo(tmp_path)
+    assert all(Path(p).exists() for p in written)
+    rep = json.loads((tmp_path / "rematch.json").read_text())
+    assert ("room" in rep) == has_model
+    truth = rep["room_description"]["ir_rt60_speech"]  # the bundled IR's speech-band RT60 (0.94 s)
+    assert abs(rep["ir"]["estimates"]["output_vs_input"]["rt60_speech"] - truth) < 0.1
+    assert 0.4 < rep["like"]["estimates"]["output_vs_input"]["rt60_speech"] < 1.4
+    y, sr = _read(tmp_path / "voice.ir.wav")
+    assert sr == SR and y.shape[0] == 1
+

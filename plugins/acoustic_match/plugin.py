@@ -153,7 +153,7 @@ def _demo(workdir: Path) -> list[Path]:
     voice, reference, ir_path, picture, room_meta = demo_inputs(workdir)
     device = session.current().device
     written: list[Path] = [voice, reference, ir_path, picture]
-    reports = {"room": room_meta}
+    reports = {"room_description": room_meta}
     runs = [("like", {"like": str(reference)}), ("ir", {"ir": str(ir_path)})]
     try:
         registry.resolve(DEFAULT_MODEL, task="acoustic-match")
