@@ -87,16 +87,18 @@ def ir_from_reference(path, sr: int, *, seed: int = 0) -> tuple[np.ndarray, IRIn
                       "decays_seen": est.n_decays}})
     if est.n_decays < 50:
         info.warn(f"{path}: few sound decays to measure ({est.n_decays}); the room estimate leans on its priors "
-                     "(a few seconds of speech with pauses works best)")
+                  "(a few seconds of speech with pauses works best)")
     return h, info
 
 
 def ir_from_file(path, sr: int, channels: int) -> tuple[np.ndarray, IRInfo]:
     """A measured IR file at the input's rate: (1, L) or (channels, L), trailing silence cut."""
-    from soundsight.audio import load_audio, resample
+    from soundsight.audio import probe_audio, resample, stream_audio
 
     notes: list[str] = []
-    h, ir_sr = load_audio(path, None, None, min_samples=2)
+    ir_sr = int(probe_audio(path, decode=False)["samplerate"])
+    # at most MEASURED_IR_MAX_S (+ a little, to know that there was more) is ever decoded
+    h = first_seconds(stream_audio(path, 10.0, min_samples=2), MEASURED_IR_MAX_S + 0.01, ir_sr)
     peak = float(np.max(np.abs(h))) if h.size else 0.0
     if peak < SILENT_PEAK:
         raise InputError(f"{path} is silent; not an impulse response")
@@ -106,7 +108,7 @@ def ir_from_file(path, sr: int, channels: int) -> tuple[np.ndarray, IRInfo]:
     loud = np.nonzero(np.max(np.abs(h), axis=0) > peak * 1e-5)[0]  # -100 dB of the peak
     h = h[:, : int(loud[-1]) + 1]
     if h.shape[1] > MEASURED_IR_MAX_S * ir_sr:
-        notes.append(f"{path} is {h.shape[1] / ir_sr:.1f} s long; using its first {MEASURED_IR_MAX_S:g} s")
+        notes.append(f"{path} is longer than {MEASURED_IR_MAX_S:g} s; using its first {MEASURED_IR_MAX_S:g} s")
         h = h[:, : int(MEASURED_IR_MAX_S * ir_sr)]
     if ir_sr != sr:
         h = resample(h, ir_sr, sr)
