@@ -276,6 +276,7 @@ def write_registry(out: Path, G, cfg: AViTARConfig, dcfg: DiscConfig, args, stat
         "crop_s": args.crop, "context_s": args.context, "alter_prob": args.alter,
         "clips_seen": state["step"] * args.batch * state.get("world", 1),
         "seconds": round(state.get("elapsed", 0.0), 1), "device": state.get("device"), "final": final,
+        "stopped_by": state.get("stopped_by"),
         "optimizer": {"type": "AdamW", "betas": [0.8, 0.99], "weight_decay": 0.01, "lr_generator": args.lr,
                       "lr_discriminator": args.lr_d, "schedule": f"cosine to {args.lr_final} x over the budget"},
         "loss": {"mel_l1": 45.0, "mr_stft": args.stft_weight, "lsgan": 1.0, "feature_matching": 2.0,
@@ -493,6 +494,7 @@ def main(argv=None) -> int:
     if main_proc:
         save_checkpoint(run, G, D, opt_g, opt_d, scaler, state)
         final = step >= args.steps
+        state["stopped_by"] = stop_reason
         log(f"stopped ({stop_reason}) at step {step} after {state['elapsed'] / 60:.1f} min of training")
         metrics = {}
         if not args.no_final_eval:
