@@ -199,6 +199,7 @@ def test_eval_scene_table_and_controls(scene_models, tmp_path):
     # row D is the evaluator on the real test images, so it agrees with its own accuracy there
     assert by["D"]["r1"] == res["evaluator_on_real"]["top1"] and by["D"]["r5"] == res["evaluator_on_real"]["top5"]
     assert res["random_ranking"] == {"r1": round(1 / 3, 4), "r5": 1.0}
+    assert res["chance"] == {"volume_monotonic": round(1 / 6, 4), "volume_ends": 0.5, "both_top3": 1.0}  # 3 classes
     for backend in ("gan", "ldm") if "ldm" in scene_models else ("gan",):
         c = res["controls"][backend]
         assert c["volume_n"] == 8 and 0 <= c["volume_monotonic"] <= c["volume_ends"] <= 1

@@ -39,6 +39,7 @@ found in >= 60 % of mixes.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -350,6 +351,9 @@ def run(args) -> dict:
             "seed": args.seed, "ldm_steps": args.steps if ldm is not None else None,
             "models": refs, "rows": rows, "fid_floor_val_vs_test": fid_floor,
             "random_ranking": {"r1": round(1 / n_classes, 4), "r5": round(min(5, n_classes) / n_classes, 4)},
+            # the controls' chance levels: a random order of the three sizes; a random class ranking
+            "chance": {"volume_monotonic": round(1 / math.factorial(len(VOLUME)), 4), "volume_ends": 0.5,
+                       "both_top3": round(6 / (n_classes * (n_classes - 1)), 4) if n_classes > 2 else 1.0},
             "evaluator_on_real": ev_real, "controls": controls, "targets": targets,
             "device": str(dev), "seconds": round(time.time() - t_all, 1),
             "command": "python -m soundsight_train.eval_scene " + " ".join(sys.argv[1:])}
@@ -371,18 +375,20 @@ def markdown(res: dict) -> str:
               f"a random ranking gives R@1 {rr['r1']:.3f}, R@5 {rr['r5']:.3f}. FID against the real test images; "
               f"real val images (training stamps, new compositions) score {res['fid_floor_val_vs_test']:.2f}.", ""]
     backs = [b for b in ("gan", "ldm") if b in res["controls"]]
-    lines += ["| control | " + " | ".join(b.upper() for b in backs) + " | real images | target |",
-              "|---|" + "---|" * len(backs) + "---|---|"]
+    ch = res["chance"]
+    lines += ["| control | " + " | ".join(b.upper() for b in backs) + " | real images | chance | target |",
+              "|---|" + "---|" * len(backs) + "---|---|---|"]
     c = res["controls"]
     lines.append("| volume: estimated size grows 0.25x → 1x → 4x | "
-                 + " | ".join(f"{c[b]['volume_monotonic']:.3f}" for b in backs) + " | | ≥ 0.90 |")
+                 + " | ".join(f"{c[b]['volume_monotonic']:.3f}" for b in backs)
+                 + f" | | {ch['volume_monotonic']:.3f} | ≥ 0.90 |")
     lines.append("| volume: size at 4x > size at 0.25x | "
-                 + " | ".join(f"{c[b]['volume_ends']:.3f}" for b in backs) + " | | |")
+                 + " | ".join(f"{c[b]['volume_ends']:.3f}" for b in backs) + f" | | {ch['volume_ends']:.3f} | |")
     lines.append("| two-sound mixes: both classes in top 3 | "
-                 + " | ".join(_f(c[b].get('mix_both_top3')) for b in backs) + " | | ≥ 0.60 |")
+                 + " | ".join(_f(c[b].get('mix_both_top3')) for b in backs) + f" | | {ch['both_top3']:.4f} | ≥ 0.60 |")
     lines.append("| dataset's two-object scenes: both classes in top 3 | "
                  + " | ".join(_f(c[b]['natural_mix_both_top3']) for b in backs)
-                 + f" | {_f(c['real']['natural_mix_both_top3'])} | |")
+                 + f" | {_f(c['real']['natural_mix_both_top3'])} | {ch['both_top3']:.4f} | |")
     e = res["evaluator_on_real"]
 
     def counts(key):
