@@ -107,7 +107,10 @@ def test_fid_with_evaluator_features_matches_the_formula():
 
 
 def test_volume_stats_and_mix_pairs():
-    from soundsight_train.eval_scene import mix_pairs, volume_stats
+    from soundsight_train.eval_scene import correlation, mix_pairs, volume_stats
+
+    assert correlation([1, 2, 3], [2, 4, 6.5]) == pytest.approx(0.9979, abs=1e-4)
+    assert correlation([1, 1, 1], [1, 2, 3]) is None
 
     s = torch.log(torch.tensor([[0.2, 0.3, 0.4],    # grows
                                 [0.2, 0.2, 0.4],    # not strictly at the first step
@@ -195,6 +198,7 @@ def test_eval_scene_table_and_controls(scene_models, tmp_path):
         assert r["n"] == 8 and 0 <= r["r1"] <= r["r5"] <= 1 and 0 <= r["r1_any"] <= 1
         assert (r["fid"] is None) == (r["key"] == "D")
         assert r["fid"] is None or (math.isfinite(r["fid"]) and r["fid"] >= -1e-6)
+        assert r["size_corr"] is None or -1 <= r["size_corr"] <= 1
     by = {r["key"]: r for r in res["rows"]}
     # row D is the evaluator on the real test images, so it agrees with its own accuracy there
     assert by["D"]["r1"] == res["evaluator_on_real"]["top1"] and by["D"]["r5"] == res["evaluator_on_real"]["top5"]

@@ -185,6 +185,14 @@ def both_top3(logits: torch.Tensor, labels: torch.Tensor) -> float | None:
     return round(float(all_in_topk(logits, labels, 3).float().mean()), 4) if len(labels) else None
 
 
+def correlation(a, b) -> float | None:
+    """Pearson correlation (None when either side is constant)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < 2 or a.std() == 0 or b.std() == 0:
+        return None
+    return round(float(np.corrcoef(a, b)[0, 1]), 4)
+
+
 def volume_stats(log_sizes: torch.Tensor) -> dict:
     """log_sizes (k, L): the estimated log size of each sound's image at L increasing levels.
     ``volume_monotonic``: strictly growing at every step; ``volume_ends``: last > first."""
@@ -255,6 +263,7 @@ def run(args) -> dict:
     z_v = sc.encode_images(fv, sc.images_nchw(split, fv.cfg.image_size)[idx], dev.torch_device, args.batch)
     log(f"f_A of {n} sounds, f_V of {n} images: {time.time() - t0:.0f}s")
 
+    true_size = size_target(split.boxes[idx], split.spec.size)  # log side of the loudest object
     gen = torch.Generator().manual_seed(args.seed)
     z = G.sample_z(n, gen)
     rows = []
@@ -264,9 +273,12 @@ def run(args) -> dict:
         out = judge(key, images)
         k = len(images)
         rec = {"key": key, "row": row, "method": method, "n": k, **recall(out, labels[:k]),
-               "fid": fid(images) if with_fid else None}
+               "fid": fid(images) if with_fid else None,
+               # does the picture keep the scene's scale? the evaluator's size estimate against the true size
+               "size_corr": correlation(out["log_size"].numpy(), true_size[:k])}
         rows.append(rec)
-        log(f"({row}) {method}: R@1 {rec['r1']} R@5 {rec['r5']} FID {rec['fid']} ({time.time() - t:.0f}s)")
+        log(f"({row}) {method}: R@1 {rec['r1']} R@5 {rec['r5']} FID {rec['fid']} size corr {rec['size_corr']} "
+            f"({time.time() - t:.0f}s)")
 
     t0 = time.time()
     add_row("A-gan", "A", "GAN from the true image's f_V features", gan_images(G, z_v, z, dev, args.batch))
@@ -295,7 +307,7 @@ def run(args) -> dict:
     fid_floor = fid(sc.to_unit(sc.images_nchw(val, ev_size), "cpu"))
 
     # the evaluator itself on the real images of this split
-    ev_real = labelled_metrics(judged["D"], labels, torch.from_numpy(size_target(split.boxes[idx], split.spec.size)))
+    ev_real = labelled_metrics(judged["D"], labels, torch.from_numpy(true_size))
 
     # controls
     controls = {}
@@ -367,13 +379,16 @@ def markdown(res: dict) -> str:
     lines = [f"Held-out sounds: {res['dataset']} `{res['split']}` split, {res['n']} sounds "
              f"({res['classes_in_split']} of {res['classes']} classes; held-out stamps and recordings). "
              f"Judge: {res['models']['evaluator']['name']}; one image per sound, seed {res['seed']}.", "",
-             "| row | method | R@1 | R@5 | FID (evaluator features) |", "|---|---|---|---|---|"]
+             "| row | method | R@1 | R@5 | FID (evaluator features) | size corr. |", "|---|---|---|---|---|---|"]
     for r in res["rows"]:
-        lines.append(f"| ({r['row']}) | {r['method']} | {r['r1']:.3f} | {r['r5']:.3f} | {_f(r['fid'], 2)} |")
+        lines.append(f"| ({r['row']}) | {r['method']} | {r['r1']:.3f} | {r['r5']:.3f} | {_f(r['fid'], 2)} | "
+                     f"{_f(r['size_corr'], 2)} |")
     rr = res["random_ranking"]
     lines += ["", f"R@k: the sound's (loudest object's) class among the evaluator's top k classes of the image; "
               f"a random ranking gives R@1 {rr['r1']:.3f}, R@5 {rr['r5']:.3f}. FID against the real test images; "
-              f"real val images (training stamps, new compositions) score {res['fid_floor_val_vs_test']:.2f}.", ""]
+              f"real val images (training stamps, new compositions) score {res['fid_floor_val_vs_test']:.2f}. "
+              "Size corr.: correlation of the evaluator's size estimate of the loudest object in the image with "
+              "its true size in the test scene (does the picture keep the sound's scale?).", ""]
     backs = [b for b in ("gan", "ldm") if b in res["controls"]]
     ch = res["chance"]
     lines += ["| control | " + " | ".join(b.upper() for b in backs) + " | real images | chance | target |",
