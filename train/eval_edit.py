@@ -1,6 +1,6 @@
 """Evaluation of latent-edit (issue 6): inversion quality, sound inserts, volume edits.
 
-    python -m soundsight_train.eval_edit [--data DIR] [--n 100] [--real 16] [--photo FILE ...] \
+    python -m soundsight_train.eval_edit [--data DIR] [--n 100] [--real 24] [--photo FILE ...] \
         [--steps 150] [--refine] [--strengths 0.5,0.75,1] [--volume-strengths 0.5,1,2] [--topk 5] \
         [--generator scene-gan-64] [--image-encoder ...] [--audio-encoder ...] [--evaluator scene-evaluator-64] \
         [--out runs/eval-edit] [--threads 1]
@@ -53,7 +53,7 @@ def parse(argv=None):
     ap = argparse.ArgumentParser(prog="python -m soundsight_train.eval_edit", description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=None, help="scenes dataset folder or data root (default: scenes-5s-s0)")
     ap.add_argument("--n", type=int, default=100, help="test composites")
-    ap.add_argument("--real", type=int, default=16, help="at most this many installed real photos (0: none)")
+    ap.add_argument("--real", type=int, default=24, help="at most this many installed real photos (0: none)")
     ap.add_argument("--photo", action="append", default=[], help="another real photo (repeatable)")
     ap.add_argument("--steps", type=int, default=None, help="inversion steps (default: the command's)")
     ap.add_argument("--refine", type=int, default=0, help="per-image generator fine-tuning steps (0: off)")

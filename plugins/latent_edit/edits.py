@@ -92,17 +92,22 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
-def change_mask(edit: torch.Tensor, recon: torch.Tensor, threshold: float = 0.08, sigma: float = 1.0) -> torch.Tensor:
-    """(B, 1, S, S) soft mask in [0, 1] of where an edit changed the reconstruction (model size):
-    the largest per-channel change, ramped 0 → 1 between ``threshold``/2 and ``threshold``·1.5
-    and blurred, so small GAN jitter is ignored and the object's edge is soft."""
+def change_mask(edit: torch.Tensor, recon: torch.Tensor, threshold: float = 0.1, sigma: float = 1.0) -> torch.Tensor:
+    """(B, 1, S, S) soft mask in [0, 1] of where an edit changed the reconstruction most (model size).
+
+    The largest per-channel change d, measured above the image's background level of change
+    (its lower quartile: a GAN edit also shifts colours everywhere a little), ramped 0 → 1
+    between ``threshold``/2 and ``threshold``·1.5 above it and blurred: a global drift stays
+    out of the mask (the photo keeps its detail there), a new object goes in, with a soft edge.
+    """
     d = (edit - recon).abs().amax(1, keepdim=True)
-    m = ((d - threshold / 2) / threshold).clamp(0, 1)
+    base = d.flatten(1).quantile(0.25, dim=1)[:, None, None, None]
+    m = ((d - base - threshold / 2) / threshold).clamp(0, 1)
     return _blur(m, sigma).clamp(0, 1)
 
 
 def composite(photo: np.ndarray, box, recon: torch.Tensor, edits: torch.Tensor, how: str = "masked",
-              threshold: float = 0.08) -> np.ndarray:
+              threshold: float = 0.1) -> np.ndarray:
     """Edits at model size → uint8 (B, H, W, 3) at the photo's size.
 
     Only the square ``box`` (x0, y0, x1, y1) the model saw is edited; the rest is the photo.

@@ -17,7 +17,7 @@ from soundsight.hookspecs import hookimpl
 from soundsight.steps import Param, RecipeStep
 
 COMPOSITES = ("masked", "residual", "none")
-REFINE_STEPS = 60  # per-image generator fine-tuning steps of --refine
+REFINE_STEPS = 100  # per-image generator fine-tuning steps of --refine
 DEFAULT_STRENGTH = {"insert": 0.5, "volume": 1.0}
 
 
