@@ -22,6 +22,9 @@ classifier + object-size regressor trained on real composites, never used for ed
   between edit and reconstruction outside the inserted object's region (target ≥ 0.7). The
   region is a square of the side the evaluator estimates for the edit's loudest object,
   placed where the edit changed the reconstruction most;
+- oracle insert: the same edit with z_A replaced by f_V of the sound's own held-out picture
+  (what a perfect audio encoder would give): separates the audio encoder from inversion +
+  generator;
 - volume: single-object test composites, their own sound; ``--louder`` (z_A(2x) - z_A(x/2))
   should make the evaluator's estimated object size larger than on the reconstruction,
   ``--quieter`` smaller (target ≥ 80 % of the edits in the right direction).
@@ -195,7 +198,7 @@ def main(argv=None) -> int:
     except UserError as exc:
         raise SystemExit(f"error: {exc}")
     models = P.load_models(folders, dev)
-    G, fa = models["generator"], models["audio_encoder"]
+    G, fa, fv = models["generator"], models["audio_encoder"], models["image_encoder"]
     ev, ev_folder = load_evaluator(args.evaluator, dev)
     S = G.cfg.image_size
     data = sc.find_scenes(args.data)
@@ -235,7 +238,7 @@ def main(argv=None) -> int:
     t_all = time.time()
     for k, ph in enumerate(photos):
         target, box = to_model_size(ph["array"], S)
-        inv = invert(G, models["image_encoder"], target.to(dev.torch_device), cfg, seed=args.seed)
+        inv = invert(G, fv, target.to(dev.torch_device), cfg, seed=args.seed)
         recon = inv.recon
         # insert: a sound whose class the photo does not show
         cand = [int(j) for j in single if int(test.labels[j, 0]) not in ph["labels"]]
@@ -254,6 +257,15 @@ def main(argv=None) -> int:
         row["insert_hit"] = [bool(h) for h in hit[1:]]
         loc, _ = outside_ssim(ins.cpu(), recon.cpu().expand_as(ins), pred["log_size"][1:])
         row["insert_outside_ssim"] = [float(v) for v in loc]
+        # oracle: the sound's embedding replaced by f_V of the sound's own (held-out) picture, which
+        # is what a perfect audio encoder would give; separates f_A from inversion + generator
+        pic, _ = to_model_size(test.images[j], fv.cfg.image_size)
+        with torch.no_grad():
+            z_pic = F.normalize(fv(pic.to(dev.torch_device)).float(), dim=-1)
+        orc = render(inv.generator, inv.z_n, edit_conditions(EditPlan("insert", strengths), inv.z_v, {"sound": z_pic}))
+        row["oracle_hit"] = [bool(h) for h in (ev.predict(orc.cpu())["logits"].topk(
+            min(args.topk, pred["logits"].shape[1]), dim=1).indices == cls).any(1)]
+        row["audio_image_cosine"] = float((F.normalize(z_ins.float(), dim=-1) * z_pic).sum())
         # the composite at the photo's size, judged again at model size
         comp = composite(ph["array"], box, recon.cpu(), ins.cpu())
         comp_t = torch.from_numpy(comp).permute(0, 3, 1, 2).float() / 255
@@ -320,7 +332,9 @@ def summarise(rows: list[dict], strengths: list, vstrengths: list, topk: int) ->
         for i, lam in enumerate(strengths):
             g["insert"][str(lam)] = {"hit": rate(r["insert_hit"][i] for r in rs),
                                      "hit_composite": rate(r["insert_hit_composite"][i] for r in rs),
-                                     "outside_ssim": mean(r["insert_outside_ssim"][i] for r in rs)}
+                                     "outside_ssim": mean(r["insert_outside_ssim"][i] for r in rs),
+                                     "oracle_hit": rate(r["oracle_hit"][i] for r in rs)}
+        g["audio_image_cosine"] = mean(r["audio_image_cosine"] for r in rs)
         vol = [r for r in rs if "size_recon" in r]
         if vol:
             g["volume"] = {"n": len(vol)}
@@ -346,11 +360,12 @@ def markdown(summary: dict, setup: dict) -> str:
         lines.append(f"| {name} | {g['n']} | {g['psnr']:.2f} | {g['psnr_median']:.2f} | {100 * g['psnr_ge_24']:.0f} % | "
                      f"{g['ssim']:.3f} | {g['seconds_per_inversion']:.1f} |")
     lines += ["", f"Insert a held-out sound (evaluator top-{k} has its class; before = on the reconstruction):", "",
-              "| photos | λ | success (edit) | success (composite) | before | SSIM outside object |", "|---|---|---|---|---|---|"]
+              "| photos | λ | success (edit) | success (composite) | before | SSIM outside object | oracle: f_V of the sound's picture |",
+              "|---|---|---|---|---|---|---|"]
     for name, g in summary.items():
         for lam, v in g["insert"].items():
             lines.append(f"| {name} | {lam} | {100 * v['hit']:.0f} % | {100 * v['hit_composite']:.0f} % | "
-                         f"{100 * g['insert_hit_before']:.0f} % | {v['outside_ssim']:.3f} |")
+                         f"{100 * g['insert_hit_before']:.0f} % | {v['outside_ssim']:.3f} | {100 * v['oracle_hit']:.0f} % |")
     vol = summary.get("test composites", {}).get("volume")
     if vol:
         lines += ["", f"Volume edits on {vol['n']} single-object test composites (gains {setup['volume_gains']}; "
