@@ -31,9 +31,8 @@ predicts a strictly larger size for the clip at x0.25 → x1 → x4 level.
 
 from __future__ import annotations
 
-import argparse
+import json
 import sys
-import time
 
 import numpy as np
 import torch
@@ -49,13 +48,11 @@ from soundsight_plugins.scene_gen.encoders import (
 )
 from soundsight_plugins.scene_gen.losses import infonce_l2, l2_logits
 from soundsight_train import scene_common as sc
+from soundsight_train.scene_loop import TrainLoop, epoch_line, lr_epoch_fields
 
 
 def parse(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m soundsight_train.scene_audio_encoder",
-                                 description=__doc__.split("\n")[0])
-    sc.common_args(ap, "scene-audio-encoder-64")
-    ap.add_argument("--image-encoder", default="scene-image-encoder-64", help="f_V: registry name or folder")
+    ap = sc.make_parser("scene_audio_encoder", __doc__, "scene-audio-encoder-64", image_encoder=True)
     ap.add_argument("--size", type=int, choices=[32, 64, 128], default=None,
                     help="image size fed to f_V (default: f_V's own)")
     ap.add_argument("--preset", choices=["cpu", "paper", "tiny"], default="cpu")
@@ -70,11 +67,8 @@ def parse(argv=None):
     ap.add_argument("--stats-clips", type=int, default=256, help="training clips for the front end's mean/std")
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--eval-n", type=int, default=500)
-    args = ap.parse_args(argv)
-    if args.tiny:
-        sc.apply_tiny(args, argv, dict(preset="tiny", steps=3, batch=8, warmup=1, eval_every=2, eval_n=8,
-                                       stats_clips=8, log_every=1))
-    return args
+    return sc.parse_with_tiny(ap, argv, dict(preset="tiny", steps=3, batch=8, warmup=1, eval_every=2, eval_n=8,
+                                             stats_clips=8, log_every=1))
 
 
 def _audio(split, idx, gains=None) -> torch.Tensor:
@@ -129,8 +123,6 @@ def size_probe(train_f: torch.Tensor, train_gains: np.ndarray, lam: float = 1e-2
 
 
 def write_registry(out, model, cfg, args, state, metrics, data, enc_folder):
-    from soundsight.registry import save_model
-
     training = {"command": state["command"], "steps": state["step"], "batch": args.batch,
                 "world_size": state["world"], "clips_seen": state["step"] * args.batch * state["world"],
                 "seconds": round(state["elapsed"], 1), "device": state["device"],
@@ -139,13 +131,11 @@ def write_registry(out, model, cfg, args, state, metrics, data, enc_folder):
                               "schedule": f"warm-up {args.warmup} + cosine"},
                 "augment": {"circular_shift": True, "gain_jitter_db": args.gain_jitter_db, "mirrored_targets": True},
                 "frontend_stats_clips": args.stats_clips, "curve": "curve.jsonl in the run folder"}
-    save_model(out, name=args.name or out.name, task=AUDIO_TASK, architecture=AUDIO_ARCHITECTURE,
-               config=cfg.to_dict(), tensors={"model.safetensors": sc.unwrap(model).state_dict()},
-               training=training, metrics=metrics, data=data, license="Apache-2.0",
-               extra={"aligned_to": {"image_encoder": sc.model_ref(enc_folder)}},
-               description=f"scene-gen audio encoder f_A: ResNet-18 layout on a level-keeping log-"
-                           f"{'mel ' if cfg.n_mels else ''}spectrogram of {cfg.seconds:g} s at {cfg.sample_rate} Hz, "
-                           f"aligned to {enc_folder.name} ({cfg.feature_dim}-d).")
+    sc.save_registry(out, args, model, cfg, task=AUDIO_TASK, architecture=AUDIO_ARCHITECTURE, training=training,
+                     metrics=metrics, data=data, extra={"aligned_to": {"image_encoder": sc.model_ref(enc_folder)}},
+                     description=f"scene-gen audio encoder f_A: ResNet-18 layout on a level-keeping log-"
+                                 f"{'mel ' if cfg.n_mels else ''}spectrogram of {cfg.seconds:g} s at "
+                                 f"{cfg.sample_rate} Hz, aligned to {enc_folder.name} ({cfg.feature_dim}-d).")
 
 
 def main(argv=None) -> int:
@@ -153,24 +143,17 @@ def main(argv=None) -> int:
     rank, world, dev, main_proc, out, run, log, command = sc.start(args, "scene_audio_encoder", argv)
     from soundsight_train import scenes
 
-    folder = sc.find_scenes(args.data)
-    train, val = scenes.SceneSplit(folder, "train"), scenes.SceneSplit(folder, "val")
+    folder, (train, val) = sc.scene_splits(args.data, "train", "val")
     encoder, enc_folder = sc.load_image_encoder(args.image_encoder, dev)
     size = args.size or encoder.cfg.image_size
     train_u8, val_u8 = sc.images_nchw(train, size), sc.images_nchw(val, size)
-    t0 = time.time()
-    feats = sc.encode_images(encoder, train_u8, dev.torch_device)
-    feats_flip = sc.encode_images(encoder, train_u8, dev.torch_device, flip=True)
-    val_f = sc.encode_images(encoder, val_u8, dev.torch_device)
+    feats, feats_flip, val_f = sc.conditioning_features(encoder, train_u8, val_u8, dev, log)
     probe = size_probe(feats, train.gains)
-    log(f"features: {len(feats)} train (+ mirrored) and {len(val_f)} val in {time.time() - t0:.0f}s")
 
     cfg = AudioEncoderConfig.preset(args.preset, feature_dim=encoder.cfg.feature_dim, sample_rate=train.sample_rate,
                                     seconds=args.seconds or train.spec.seconds)
     ck = sc.resume_state(args, run, cfg.to_dict(), log)
     if ck is not None:
-        import json
-
         saved = json.loads((ck / "state.json").read_text())["config"]
         cfg.norm_mean, cfg.norm_std = saved["norm_mean"], saved["norm_std"]
     else:
@@ -185,28 +168,22 @@ def main(argv=None) -> int:
     model = AudioEncoder(cfg).to(dev.torch_device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.wd)
     scaler = sc.make_scaler(dev)
-    state = {"step": 0, "elapsed": 0.0, "command": command, "world": world, "device": str(dev),
-             "config": cfg.to_dict(), "args": vars(args)}
-    if ck is not None:
-        prev, _ = sc.load_checkpoint(ck, {"model": model}, {"opt": opt, "scaler": scaler}, dev.torch_device)
-        state.update(step=prev["step"], elapsed=prev["elapsed"])
+    modules, optims = {"model": model}, {"opt": opt, "scaler": scaler}
+    state = sc.initial_state({"step": 0, "elapsed": 0.0}, command, world, dev, cfg, args)
+    sc.restore(ck, modules, optims, dev, state)
     ddp = sc.wrap_ddp(model, dev, world)
-    gen = torch.Generator().manual_seed(args.seed * 7919 + rank + 1000003 * state["step"])
+    gen = sc.batch_generator(args.seed, rank, state["step"])
 
     log(f"data: {folder} ({len(train)} train / {len(val)} val clips)")
     log(f"model: f_A {count_parameters(model) / 1e6:.2f}M params -> D={cfg.feature_dim} (aligned to "
         f"{enc_folder.name}); device {dev}; world {world}; batch {args.batch}/process")
     log(f"run folder: {run}; registry folder: {out}")
 
-    curve = sc.Curve(run / "curve.jsonl", main_proc)
-    meter = sc.Meter()
-    t_start = time.time() - state["elapsed"]
-    last_ck = time.time()
-    step = state["step"]
-    model.train()
-    while step < args.steps:
-        for g in opt.param_groups:
-            g["lr"] = sc.lr_at(step, args.steps, args.lr, args.warmup)
+    loop = TrainLoop(args, run, state, modules, optims, main_proc, log,
+                     lr_epoch_fields(opt, args.batch * world, len(train)), epoch_line)
+
+    def train_step(step):
+        sc.set_lr(opt, sc.lr_at(step, args.steps, args.lr, args.warmup))
         idx = sc.take(len(train), args.batch, gen)
         a = _audio(train, idx.numpy())
         shift = torch.randint(a.shape[1], (len(a), 1), generator=gen)
@@ -220,44 +197,28 @@ def main(argv=None) -> int:
             e = ddp(a.to(dev.torch_device))
             loss = infonce_l2(e, v, args.temperature)
         sc.backward_step(loss, opt, scaler)
-        step += 1
-        meter.add({"loss": loss.detach()})
-        if not meter.finite():
-            log(f"error: non-finite loss at step {step}")
-            return 1
-        now = time.time()
-        state.update(step=step, elapsed=now - t_start)
-        if step % args.log_every == 0 or step == args.steps:
-            rec = meter.record(step, lr=round(opt.param_groups[0]["lr"], 7), elapsed=round(now - t_start, 1),
-                               epoch=round(step * args.batch * world / len(train), 3))
-            curve.write(rec)
-            log(f"step {step}/{args.steps}  loss {rec['loss']:.4f}  {rec['sec_per_step']:.2f}s/step  "
-                f"ep {rec['epoch']:.2f}  [{rec['elapsed'] / 60:.1f} min]")
-        out_of_time = args.max_minutes > 0 and now - t_start > args.max_minutes * 60
-        if main_proc and (now - last_ck > args.ckpt_minutes * 60 or step == args.steps or out_of_time):
-            sc.save_checkpoint(run, {"model": model}, {"opt": opt, "scaler": scaler}, state)
-            last_ck = time.time()
-        if main_proc and args.eval_every and step % args.eval_every == 0 and step < args.steps:
-            t0 = time.time()
-            m = evaluate(model, val, train, val_f, feats, dev, min(args.eval_n, 200), probe)
-            curve.write({"step": step, "val": m})
-            log(f"eval: R@1 {m['r1']} R@5 {m['r5']} class@1 {m['class_r1']} (chance R@1 {m['chance_r1']}); "
-                f"gain monotonic {m['gain_monotonic']} ({time.time() - t0:.0f}s)")
-            t_start += time.time() - t0
-        if out_of_time:
-            log(f"--max-minutes {args.max_minutes} reached at step {step}")
-            break
+        return {"loss": loss.detach()}
+
+    def evaluate_now(step):
+        m = evaluate(model, val, train, val_f, feats, dev, min(args.eval_n, 200), probe)
+        return m, (f"eval: R@1 {m['r1']} R@5 {m['r5']} class@1 {m['class_r1']} (chance R@1 {m['chance_r1']}); "
+                   f"gain monotonic {m['gain_monotonic']}")
+
+    model.train()
+    step = loop.run(state["step"], args.steps, train_step, evaluate_now)
+    if step is None:
+        return 1
 
     if main_proc:
         log("final evaluation ...")
         m = evaluate(model, val, train, val_f, feats, dev, args.eval_n, probe)
-        curve.write({"step": step, "val_final": m})
+        loop.curve.write({"step": step, "val_final": m})
         write_registry(out, model, cfg, args, state, {"val": m}, scenes.data_card(folder), enc_folder)
         log(f"val ({m['n']} clips): audio->image R@1 {m['r1']} R@5 {m['r5']} (chance {m['chance_r1']}); class@1 "
             f"{m['class_r1']}; nearest-train-image class@1 {m['train_retrieval_class_r1']}; gain monotonic "
             f"{m['gain_monotonic']} (|e(4x)-e(x/4)| {m['gain_shift_l2']} vs pairs {m['pair_l2']})")
         log(f"wrote registry model {out}")
-    curve.close()
+    loop.close()
     sc.cleanup_distributed(world)
     return 0
 

@@ -1,6 +1,8 @@
 """Shared plumbing of the scene-gen training entrypoints (scene_image_encoder, scene_gan,
-scene_audio_encoder, scene_ldm): distributed setup, the scenes data, checkpoints, the learning
-curve, augmentations, evaluation helpers and the registry card's common parts.
+scene_audio_encoder, scene_ldm, scene_evaluator): the command line, distributed setup, the
+scenes data and the frozen f_V's features, checkpoints and the run state, the learning curve,
+augmentations, evaluation helpers and the registry folder. The loop's step bookkeeping is in
+scene_loop.
 
 Checkpoints (``<run>/ckpt``): each module's state dict as safetensors, optimizer / scaler / RNG
 state in ``optim.pt`` (read back with ``torch.load(weights_only=True)``), ``state.json``; the
@@ -84,6 +86,14 @@ def find_scenes(data: str | None) -> Path:
     return cands[0]
 
 
+def scene_splits(data: str | None, *names: str):
+    """The scenes dataset folder (see find_scenes) and its splits ``names``."""
+    from soundsight_train.scenes import SceneSplit
+
+    folder = find_scenes(data)
+    return folder, tuple(SceneSplit(folder, n) for n in names)
+
+
 def images_nchw(split, size: int) -> torch.Tensor:
     """uint8 (N, 3, size, size) of a SceneSplit, in memory."""
     return torch.from_numpy(np.ascontiguousarray(split.images_at(size))).permute(0, 3, 1, 2).contiguous()
@@ -129,9 +139,31 @@ def load_image_encoder(name_or_path: str, device):
     return enc, folder
 
 
+def conditioning_features(encoder, train_u8: torch.Tensor, val_u8: torch.Tensor, dev, log):
+    """The frozen f_V's unit-norm features, computed once: of the training images, of their
+    mirror images (mirrored samples get mirrored targets / conditions) and of the val images."""
+    t0 = time.time()
+    feats = encode_images(encoder, train_u8, dev.torch_device)
+    feats_flip = encode_images(encoder, train_u8, dev.torch_device, flip=True)
+    val_f = encode_images(encoder, val_u8, dev.torch_device)
+    log(f"features: {len(feats)} train (+ mirrored) and {len(val_f)} val in {time.time() - t0:.0f}s")
+    return feats, feats_flip, val_f
+
+
 def model_ref(folder) -> dict:
     """How a card names another model it depends on."""
     return {"name": folder.name, "path": str(folder.path), "files": folder.provenance()}
+
+
+def save_registry(out: Path, args, model, cfg, *, task: str, architecture: str, training: dict, metrics: dict,
+                  data: dict, description: str, extra: dict | None = None) -> Path:
+    """A trainer's registry folder: the weights as ``model.safetensors``, named ``--name`` or
+    after the folder, Apache-2.0."""
+    from soundsight.registry import save_model
+
+    return save_model(out, name=args.name or out.name, task=task, architecture=architecture, config=cfg.to_dict(),
+                      tensors={"model.safetensors": unwrap(model).state_dict()}, training=training,
+                      metrics=metrics, data=data, license="Apache-2.0", extra=extra, description=description)
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,6 +354,33 @@ def load_checkpoint(ck: Path, modules: dict, optimizers: dict, device) -> tuple[
     return json.loads((ck / "state.json").read_text()), opt
 
 
+# the keys of a run's state that describe it; all others are counters that a resume restores
+_RUN_DESCRIPTION = ("command", "world", "device", "config", "args")
+
+
+def initial_state(counters: dict, command: str, world: int, dev, cfg, args) -> dict:
+    """A fresh run's state (saved as ``state.json``): the trainer's counters (``elapsed``
+    among them), then the command, world size, device, model config and arguments."""
+    return {**counters, "command": command, "world": world, "device": str(dev), "config": cfg.to_dict(),
+            "args": vars(args)}
+
+
+def restore(ck: Path | None, modules: dict, optims: dict, dev, state: dict) -> dict | None:
+    """Resume from checkpoint ``ck`` (None: a fresh run, nothing to do): modules and optimizers
+    in place, the counters of ``state`` from the saved state; returns the saved state."""
+    if ck is None:
+        return None
+    prev, _ = load_checkpoint(ck, modules, optims, dev.torch_device)
+    state.update({k: prev.get(k, v) for k, v in state.items() if k not in _RUN_DESCRIPTION})
+    return prev
+
+
+def batch_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """The RNG of a process's batches and augmentations: distinct per process, and a new
+    stream after a resume (seeded by the step it resumes at)."""
+    return torch.Generator().manual_seed(seed * 7919 + rank + 1000003 * step)
+
+
 def resume_state(args, run: Path, config: dict, log) -> Path | None:
     """The checkpoint folder to resume from (None for a fresh run); refuses a different config."""
     if not args.resume:
@@ -391,6 +450,11 @@ def ema_update(ema, model, decay: float) -> None:
             be.copy_(b)
 
 
+def set_lr(opt, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     """Linear warm-up then cosine decay to 0."""
     if step < warmup:
@@ -406,6 +470,24 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
 def command_line(module: str, argv) -> str:
     return f"python -m soundsight_train.{module} " + " ".join(shlex.quote(a) for a in (argv if argv is not None
                                                                                            else sys.argv[1:]))
+
+
+def make_parser(module: str, doc: str, default_out: str, image_encoder: bool = False) -> argparse.ArgumentParser:
+    """The entrypoint's parser (described by the first line of ``doc``) with the options all
+    trainers share, and ``--image-encoder`` for the stages that use the frozen f_V."""
+    ap = argparse.ArgumentParser(prog=f"python -m soundsight_train.{module}", description=doc.split("\n")[0])
+    common_args(ap, default_out)
+    if image_encoder:
+        ap.add_argument("--image-encoder", default="scene-image-encoder-64", help="f_V: registry name or folder")
+    return ap
+
+
+def parse_with_tiny(ap: argparse.ArgumentParser, argv, tiny: dict):
+    """Parse; with ``--tiny`` the values ``tiny`` for the options not given (see apply_tiny)."""
+    args = ap.parse_args(argv)
+    if args.tiny:
+        apply_tiny(args, argv, tiny)
+    return args
 
 
 def common_args(ap: argparse.ArgumentParser, default_out: str) -> None:

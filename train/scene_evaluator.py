@@ -25,7 +25,6 @@ ends near 0.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -44,11 +43,11 @@ from soundsight_plugins.scene_gen.evaluator import (
     size_target,
 )
 from soundsight_train import scene_common as sc
+from soundsight_train.scene_loop import TrainLoop
 
 
 def parse(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m soundsight_train.scene_evaluator", description=__doc__.split("\n")[0])
-    sc.common_args(ap, "scene-evaluator-64")
+    ap = sc.make_parser("scene_evaluator", __doc__, "scene-evaluator-64")
     ap.add_argument("--size", type=int, choices=[32, 64, 128], default=64)
     ap.add_argument("--preset", choices=["cpu", "tiny"], default="cpu")
     ap.add_argument("--steps", type=int, default=2400)
@@ -63,11 +62,8 @@ def parse(argv=None):
     ap.add_argument("--max-cpu-minutes", type=float, default=0.0,
                     help="stop after this much CPU time in training steps (0: no limit)")
     ap.add_argument("--eval-every", type=int, default=400)
-    args = ap.parse_args(argv)
-    if args.tiny:
-        sc.apply_tiny(args, argv, dict(preset="tiny", size=32, steps=40, batch=16, warmup=2, eval_every=20,
-                                       log_every=10))
-    return args
+    return sc.parse_with_tiny(ap, argv, dict(preset="tiny", size=32, steps=40, batch=16, warmup=2, eval_every=20,
+                                             log_every=10))
 
 
 def multi_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -135,8 +131,6 @@ METRICS_NOTES = ("val: new compositions of the training stamps and recordings; t
 
 
 def write_registry(out, model, cfg, args, state, metrics, data):
-    from soundsight.registry import save_model
-
     training = {"command": state["command"],
                 "method": "supervised: softmax cross-entropy on the scene's classes (soft multi-hot) + MSE on the "
                           "standardised log size of the loudest object",
@@ -149,12 +143,11 @@ def write_registry(out, model, cfg, args, state, metrics, data):
                 "augment": {"flip": True, "shift_px": args.shift, "brightness_contrast": args.jitter,
                             "blur_2x": args.blur},
                 "curve": "curve.jsonl in the run folder"}
-    save_model(out, name=args.name or out.name, task=TASK, architecture=ARCHITECTURE, config=cfg.to_dict(),
-               tensors={"model.safetensors": sc.unwrap(model).state_dict()}, training=training, metrics=metrics,
-               data=data, license="Apache-2.0", extra={"metrics_notes": METRICS_NOTES},
-               description=f"scene-gen evaluator (evaluation only, never used for generation): {cfg.image_size} px "
-                           f"CNN, {cfg.n_classes}-class multi-label head + log object-size regressor, trained "
-                           "supervised on the scenes dataset's real composites.")
+    sc.save_registry(out, args, model, cfg, task=TASK, architecture=ARCHITECTURE, training=training, metrics=metrics,
+                     data=data, extra={"metrics_notes": METRICS_NOTES},
+                     description=f"scene-gen evaluator (evaluation only, never used for generation): {cfg.image_size} "
+                                 f"px CNN, {cfg.n_classes}-class multi-label head + log object-size regressor, trained "
+                                 "supervised on the scenes dataset's real composites.")
 
 
 def main(argv=None) -> int:
@@ -183,33 +176,34 @@ def main(argv=None) -> int:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd)
-    state = {"step": 0, "elapsed": 0.0, "cpu_seconds": 0.0, "command": command, "world": world, "device": str(dev),
-             "config": cfg.to_dict(), "args": vars(args)}
-    ck = sc.resume_state(args, run, cfg.to_dict(), log)
-    if ck is not None:
-        prev, _ = sc.load_checkpoint(ck, {"model": model}, {"opt": opt}, dev.torch_device)
-        state.update(step=prev["step"], elapsed=prev["elapsed"], cpu_seconds=prev.get("cpu_seconds", 0.0))
-    gen = torch.Generator().manual_seed(args.seed * 7919 + 1000003 * state["step"])
+    modules, optims = {"model": model}, {"opt": opt}
+    state = sc.initial_state({"step": 0, "elapsed": 0.0, "cpu_seconds": 0.0}, command, world, dev, cfg, args)
+    sc.restore(sc.resume_state(args, run, cfg.to_dict(), log), modules, optims, dev, state)
+    gen = sc.batch_generator(args.seed, rank, state["step"])  # rank 0: one process
 
     log(f"data: {folder} ({', '.join(f'{len(d)} {s}' for s, d in splits.items())} images at {args.size} px, "
         f"{n_classes} classes)")
     log(f"model: evaluator {count_parameters(model) / 1e6:.2f}M params; device {dev}; batch {args.batch}")
     log(f"run folder: {run}; registry folder: {out}")
 
-    curve = sc.Curve(run / "curve.jsonl", main_proc)
-    meter = sc.Meter()
-    t_start = time.time() - state["elapsed"]
-    last_ck = time.time()
+    def fields(step, elapsed):
+        return dict(lr=round(opt.param_groups[0]["lr"], 7), elapsed=elapsed,
+                    cpu_minutes=round(state["cpu_seconds"] / 60, 2), epoch=round(step * args.batch / len(train), 3))
+
+    def line(rec, total):
+        return (f"step {rec['step']}  loss {rec['loss']:.4f} (cls {rec['cls']:.4f}, size {rec['size']:.4f})  "
+                f"{rec['sec_per_step']:.2f}s/step  ep {rec['epoch']:.2f}  [{rec['elapsed'] / 60:.1f} min, "
+                f"{rec['cpu_minutes']:.1f} CPU min]")
+
+    # the time budgets end the loop through progress() (the schedule follows them), not in TrainLoop
+    loop = TrainLoop(args, run, state, modules, optims, main_proc, log, fields, line, stop_on_budget=False)
     step = state["step"]
     model.train()
     while True:
-        p = progress(step, args.steps, time.time() - t_start, args.max_minutes, state["cpu_seconds"],
-                     args.max_cpu_minutes)
+        p = progress(step, args.steps, loop.elapsed(), args.max_minutes, state["cpu_seconds"], args.max_cpu_minutes)
         if p >= 1.0:
             break
-        lr = lr_at(p, step, args.lr, args.warmup)
-        for g in opt.param_groups:
-            g["lr"] = lr
+        sc.set_lr(opt, lr_at(p, step, args.lr, args.warmup))
         cpu0 = time.process_time()
         idx = sc.take(len(train), args.batch, gen)
         x = augment(sc.to_unit(images["train"][idx], dev.torch_device, channels_last), gen, args.shift,
@@ -220,39 +214,26 @@ def main(argv=None) -> int:
         loss = cls_loss + args.size_weight * size_loss
         sc.backward_step(loss, opt, None)
         step += 1
-        meter.add({"loss": loss.detach(), "cls": cls_loss.detach(), "size": size_loss.detach()})
-        if not meter.finite():
+        if not loop.add({"loss": loss.detach(), "cls": cls_loss.detach(), "size": size_loss.detach()}):
             log(f"error: non-finite loss at step {step}")
             return 1
-        now = time.time()
-        state.update(step=step, elapsed=now - t_start, cpu_seconds=state["cpu_seconds"] + time.process_time() - cpu0)
-        if step % args.log_every == 0:
-            rec = meter.record(step, lr=round(lr, 7), elapsed=round(now - t_start, 1),
-                               cpu_minutes=round(state["cpu_seconds"] / 60, 2),
-                               epoch=round(step * args.batch / len(train), 3))
-            curve.write(rec)
-            log(f"step {step}  loss {rec['loss']:.4f} (cls {rec['cls']:.4f}, size {rec['size']:.4f})  "
-                f"{rec['sec_per_step']:.2f}s/step  ep {rec['epoch']:.2f}  [{rec['elapsed'] / 60:.1f} min, "
-                f"{rec['cpu_minutes']:.1f} CPU min]")
-        if main_proc and now - last_ck > args.ckpt_minutes * 60:
-            sc.save_checkpoint(run, {"model": model}, {"opt": opt}, state)
-            last_ck = time.time()
+        # total None: no forced record or checkpoint at --steps (the loop may end earlier, on time)
+        loop.step_done(step, None, step=step, cpu_seconds=state["cpu_seconds"] + time.process_time() - cpu0)
         if args.eval_every and step % args.eval_every == 0:
-            t0 = time.time()
-            m = evaluate(model, images["val"], splits["val"].labels, sizes["val"], dev)
-            curve.write({"step": step, "val": m})
-            log(f"eval: val top1 {m['top1']} top5 {m['top5']} both-in-top3 {m['both_top3']} size R^2 "
-                f"{m['size_r2']} ({time.time() - t0:.0f}s)")
-            t_start += time.time() - t0  # evaluation time does not count against the budget
+            with loop.off_the_clock() as t0:  # evaluation time does not count against the budget
+                m = evaluate(model, images["val"], splits["val"].labels, sizes["val"], dev)
+                loop.curve.write({"step": step, "val": m})
+                log(f"eval: val top1 {m['top1']} top5 {m['top5']} both-in-top3 {m['both_top3']} size R^2 "
+                    f"{m['size_r2']} ({time.time() - t0:.0f}s)")
     if step < args.steps:
         log(f"time budget reached at step {step} ({state['elapsed'] / 60:.1f} min, "
             f"{state['cpu_seconds'] / 60:.1f} CPU min)")
-    sc.save_checkpoint(run, {"model": model}, {"opt": opt}, state)
+    loop.checkpoint()
 
     log("final evaluation ...")
     metrics = {s: evaluate(model, images[s], splits[s].labels, sizes[s], dev) for s in ("val", "test")}
-    curve.write({"step": step, "val_final": metrics["val"], "test_final": metrics["test"]})
-    curve.close()
+    loop.curve.write({"step": step, "val_final": metrics["val"], "test_final": metrics["test"]})
+    loop.close()
     cfg_out = EvaluatorConfig.from_dict(cfg.to_dict())
     write_registry(out, model, cfg_out, args, state, metrics, scenes.data_card(folder))
     for s, m in metrics.items():

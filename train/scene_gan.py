@@ -23,10 +23,8 @@ z_V, and how often a sample's feature retrieves its own condition among all val 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -42,12 +40,11 @@ from soundsight_plugins.scene_gen.gan import (
 )
 from soundsight_plugins.scene_gen.losses import hinge_d, hinge_g
 from soundsight_train import scene_common as sc
+from soundsight_train.scene_loop import TrainLoop
 
 
 def parse(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m soundsight_train.scene_gan", description=__doc__.split("\n")[0])
-    sc.common_args(ap, "scene-gan-64")
-    ap.add_argument("--image-encoder", default="scene-image-encoder-64", help="f_V: registry name or folder")
+    ap = sc.make_parser("scene_gan", __doc__, "scene-gan-64", image_encoder=True)
     ap.add_argument("--size", type=int, choices=[32, 64, 128], default=64)
     ap.add_argument("--preset", choices=["cpu", "paper", "tiny"], default="cpu")
     ap.add_argument("--ch", type=int, default=None, help="G width (default: the preset's, 16 on cpu)")
@@ -67,11 +64,8 @@ def parse(argv=None):
                     help="channels-last memory format (auto: on for CPU, where it is faster)")
     ap.add_argument("--eval-every", type=int, default=1000)
     ap.add_argument("--eval-n", type=int, default=500, help="val conditions in the evaluation")
-    args = ap.parse_args(argv)
-    if args.tiny:
-        sc.apply_tiny(args, argv, dict(preset="tiny", size=32, steps=3, batch=4, eval_every=2, eval_n=8, ema_start=1,
-                                       log_every=1))
-    return args
+    return sc.parse_with_tiny(ap, argv, dict(preset="tiny", size=32, steps=3, batch=4, eval_every=2, eval_n=8,
+                                             ema_start=1, log_every=1))
 
 
 def knn_indices(feats: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
@@ -116,19 +110,16 @@ def sample_grid(G, val_u8, val_f, path, seed: int = 0, rows: int = 8, per_row: i
 
 
 def write_registry(out, G, cfg, args, state, metrics, data, enc_folder):
-    from soundsight.registry import save_model
-
     training = {"command": state["command"], "steps": state["step"], "batch": args.batch,
                 "world_size": state["world"], "seconds": round(state["elapsed"], 1), "device": state["device"],
                 "loss": "hinge", "optimizer": {"type": "Adam", "lr_g": args.lr_g, "lr_d": args.lr_d,
                                                "betas": [args.beta1, args.beta2], "d_steps": args.d_steps},
                 "ema": args.ema, "weights": "EMA of G" if args.ema > 0 else "G", "neighbours": args.neighbours,
                 "diffaugment": args.diffaug, "curve": "curve.jsonl in the run folder; samples.png"}
-    save_model(out, name=args.name or out.name, task=TASK, architecture=ARCHITECTURE, config=cfg.to_dict(),
-               tensors={"model.safetensors": G.state_dict()}, training=training, metrics=metrics, data=data,
-               license="Apache-2.0", extra={"conditioning": {"image_encoder": sc.model_ref(enc_folder)}},
-               description=f"scene-gen GAN back end: IC-GAN-style generator G(z_N, z_V), {cfg.image_size} px, "
-                           f"conditioned on the unit-norm features of {enc_folder.name}.")
+    sc.save_registry(out, args, G, cfg, task=TASK, architecture=ARCHITECTURE, training=training, metrics=metrics,
+                     data=data, extra={"conditioning": {"image_encoder": sc.model_ref(enc_folder)}},
+                     description=f"scene-gen GAN back end: IC-GAN-style generator G(z_N, z_V), {cfg.image_size} px, "
+                                 f"conditioned on the unit-norm features of {enc_folder.name}.")
 
 
 def main(argv=None) -> int:
@@ -136,15 +127,10 @@ def main(argv=None) -> int:
     rank, world, dev, main_proc, out, run, log, command = sc.start(args, "scene_gan", argv)
     from soundsight_train import scenes
 
-    folder = sc.find_scenes(args.data)
-    train, val = scenes.SceneSplit(folder, "train"), scenes.SceneSplit(folder, "val")
+    folder, (train, val) = sc.scene_splits(args.data, "train", "val")
     train_u8, val_u8 = sc.images_nchw(train, args.size), sc.images_nchw(val, args.size)
     encoder, enc_folder = sc.load_image_encoder(args.image_encoder, dev)
-    t0 = time.time()
-    feats = sc.encode_images(encoder, train_u8, dev.torch_device)
-    feats_flip = sc.encode_images(encoder, train_u8, dev.torch_device, flip=True)
-    val_f = sc.encode_images(encoder, val_u8, dev.torch_device)
-    log(f"features: {len(feats)} train (+ mirrored) and {len(val_f)} val in {time.time() - t0:.0f}s")
+    feats, feats_flip, val_f = sc.conditioning_features(encoder, train_u8, val_u8, dev, log)
     nbrs = knn_indices(feats, args.neighbours) if args.neighbours > 1 else None
 
     overrides = {k: v for k, v in {"ch": args.ch, "d_ch": args.d_ch}.items() if v}
@@ -159,16 +145,12 @@ def main(argv=None) -> int:
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas)
     scaler = sc.make_scaler(dev)
-    state = {"step": 0, "elapsed": 0.0, "command": command, "world": world, "device": str(dev),
-             "config": cfg.to_dict(), "args": vars(args)}
+    state = sc.initial_state({"step": 0, "elapsed": 0.0}, command, world, dev, cfg, args)
     modules = {"G": G, "D": D, "G_ema": G_ema}
     optims = {"opt_g": opt_g, "opt_d": opt_d, "scaler": scaler}
-    ck = sc.resume_state(args, run, cfg.to_dict(), log)
-    if ck is not None:
-        prev, _ = sc.load_checkpoint(ck, modules, optims, dev.torch_device)
-        state.update(step=prev["step"], elapsed=prev["elapsed"])
+    sc.restore(sc.resume_state(args, run, cfg.to_dict(), log), modules, optims, dev, state)
     Gd, Dd = sc.wrap_ddp(G, dev, world), sc.wrap_ddp(D, dev, world)
-    gen = torch.Generator().manual_seed(args.seed * 7919 + rank + 1000003 * state["step"])
+    gen = sc.batch_generator(args.seed, rank, state["step"])
 
     log(f"data: {folder} ({len(train_u8)} train / {len(val_u8)} val images at {args.size} px)")
     log(f"model: G {count_parameters(G) / 1e6:.2f}M params, D {count_parameters(D) / 1e6:.2f}M; z {cfg.z_dim}; "
@@ -191,14 +173,16 @@ def main(argv=None) -> int:
     def aug(x):
         return diff_augment(x, args.diffaug, gen)
 
-    curve = sc.Curve(run / "curve.jsonl", main_proc)
-    meter = sc.Meter()
-    t_start = time.time() - state["elapsed"]
-    last_ck = time.time()
-    step = state["step"]
-    G.train()
-    D.train()
-    while step < args.steps:
+    def fields(step, elapsed):
+        return dict(elapsed=elapsed, epoch=round(step * args.batch * (args.d_steps + 1) * world / len(train_u8), 3))
+
+    def line(rec, total):
+        return (f"step {rec['step']}/{total}  D {rec['loss_d']:.3f}  G {rec['loss_g']:.3f}  D(x) {rec['d_real']:.2f}  "
+                f"D(G) {rec['d_fake']:.2f}  {rec['sec_per_step']:.2f}s/step  [{rec['elapsed'] / 60:.1f} min]")
+
+    loop = TrainLoop(args, run, state, modules, optims, main_proc, log, fields, line)
+
+    def train_step(step):
         for _ in range(args.d_steps):
             x, h = batch()
             with dev.autocast():
@@ -216,43 +200,28 @@ def main(argv=None) -> int:
             loss_g = hinge_g(d_fake)
         sc.backward_step(loss_g, opt_g, scaler)
         d_raw.requires_grad_(True)
-        step += 1
-        if G_ema is not None:
-            sc.ema_update(G_ema, G, args.ema if step > args.ema_start else 0.0)
-        meter.add({"loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
-                   "d_real": logits[:len(x)].detach().float().mean(), "d_fake": d_fake.detach().float().mean()})
-        if not meter.finite():
-            log(f"error: non-finite loss at step {step}")
-            return 1
-        now = time.time()
-        state.update(step=step, elapsed=now - t_start)
-        if step % args.log_every == 0 or step == args.steps:
-            rec = meter.record(step, elapsed=round(now - t_start, 1),
-                               epoch=round(step * args.batch * (args.d_steps + 1) * world / len(train_u8), 3))
-            curve.write(rec)
-            log(f"step {step}/{args.steps}  D {rec['loss_d']:.3f}  G {rec['loss_g']:.3f}  D(x) {rec['d_real']:.2f}  "
-                f"D(G) {rec['d_fake']:.2f}  {rec['sec_per_step']:.2f}s/step  [{rec['elapsed'] / 60:.1f} min]")
-        out_of_time = args.max_minutes > 0 and now - t_start > args.max_minutes * 60
-        if main_proc and (now - last_ck > args.ckpt_minutes * 60 or step == args.steps or out_of_time):
-            sc.save_checkpoint(run, modules, optims, state)
-            last_ck = time.time()
-        if main_proc and args.eval_every and step % args.eval_every == 0 and step < args.steps:
-            t0 = time.time()
-            m, _ = evaluate(G_ema or G, encoder, val_u8, val_f, train_u8, dev, min(args.eval_n, 200))
-            curve.write({"step": step, "val": m})
-            sample_grid(G_ema or G, val_u8, val_f, run / f"samples-{step:06d}.png")
-            log(f"eval: FID-lite {m['fid_fv']} (real floor {m['fid_fv_real_train_vs_val']}); cond cosine "
-                f"{m['cond_cosine']} vs unpaired {m['cond_cosine_unpaired']} ({time.time() - t0:.0f}s)")
-            t_start += time.time() - t0
-        if out_of_time:
-            log(f"--max-minutes {args.max_minutes} reached at step {step}")
-            break
+        if G_ema is not None:  # step + 1: the step this call completes
+            sc.ema_update(G_ema, G, args.ema if step + 1 > args.ema_start else 0.0)
+        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
+                "d_real": logits[:len(x)].detach().float().mean(), "d_fake": d_fake.detach().float().mean()}
+
+    def evaluate_now(step):
+        m, _ = evaluate(G_ema or G, encoder, val_u8, val_f, train_u8, dev, min(args.eval_n, 200))
+        sample_grid(G_ema or G, val_u8, val_f, run / f"samples-{step:06d}.png")
+        return m, (f"eval: FID-lite {m['fid_fv']} (real floor {m['fid_fv_real_train_vs_val']}); cond cosine "
+                   f"{m['cond_cosine']} vs unpaired {m['cond_cosine_unpaired']}")
+
+    G.train()
+    D.train()
+    step = loop.run(state["step"], args.steps, train_step, evaluate_now)
+    if step is None:
+        return 1
 
     if main_proc:
         log("final evaluation ...")
         final = G_ema or G
         m, _ = evaluate(final, encoder, val_u8, val_f, train_u8, dev, args.eval_n)
-        curve.write({"step": step, "val_final": m})
+        loop.curve.write({"step": step, "val_final": m})
         grid = sample_grid(final, val_u8, val_f, run / "samples.png")
         write_registry(out, sc.unwrap(final), cfg, args, state, {"val": m}, scenes.data_card(folder), enc_folder)
         log(f"val ({m['n']} conditions): FID-lite {m['fid_fv']} (real train vs val {m['fid_fv_real_train_vs_val']}); "
@@ -260,7 +229,7 @@ def main(argv=None) -> int:
             f"{m['cond_retrieval_r1']}")
         log(f"samples: {grid}")
         log(f"wrote registry model {out}")
-    curve.close()
+    loop.close()
     sc.cleanup_distributed(world)
     return 0
 

@@ -28,9 +28,7 @@ Written to ``<run>/curve.jsonl`` every ``--eval-every`` steps and into the card 
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 
 import torch
 import torch.nn as nn
@@ -46,6 +44,7 @@ from soundsight_plugins.scene_gen.encoders import (
 )
 from soundsight_plugins.scene_gen.losses import nt_xent
 from soundsight_train import scene_common as sc
+from soundsight_train.scene_loop import TrainLoop, epoch_line, lr_epoch_fields
 
 
 class SimCLR(nn.Module):
@@ -101,9 +100,7 @@ def object_crop(x: torch.Tensor, boxes: torch.Tensor, gen: torch.Generator, marg
 
 
 def parse(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m soundsight_train.scene_image_encoder",
-                                 description=__doc__.split("\n")[0])
-    sc.common_args(ap, "scene-image-encoder-64")
+    ap = sc.make_parser("scene_image_encoder", __doc__, "scene-image-encoder-64")
     ap.add_argument("--size", type=int, choices=[32, 64, 128], default=64)
     ap.add_argument("--preset", choices=["cpu", "paper", "tiny"], default="cpu")
     ap.add_argument("--feature-dim", type=int, default=None, help="D (default: the preset's, 256 on cpu)")
@@ -123,11 +120,8 @@ def parse(argv=None):
     ap.add_argument("--bg-bank", type=int, default=3000, help="random background crops to swap in")
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--eval-train", type=int, default=2000, help="train images that vote in kNN")
-    args = ap.parse_args(argv)
-    if args.tiny:
-        sc.apply_tiny(args, argv, dict(preset="tiny", size=32, steps=3, batch=8, warmup=1, eval_every=2,
-                                       eval_train=64, log_every=1))
-    return args
+    return sc.parse_with_tiny(ap, argv, dict(preset="tiny", size=32, steps=3, batch=8, warmup=1, eval_every=2,
+                                             eval_train=64, log_every=1))
 
 
 @torch.no_grad()
@@ -154,8 +148,6 @@ def evaluate(encoder, train, val, train_u8, val_u8, dev, n_train: int) -> dict:
 
 
 def write_registry(out, encoder, cfg, args, state, metrics, data):
-    from soundsight.registry import save_model
-
     training = {"command": state["command"], "method": "SimCLR (NT-Xent) on two augmented views, no labels",
                 "steps": state["step"], "batch": args.batch, "world_size": state["world"],
                 "images_seen": state["step"] * args.batch * state["world"], "seconds": round(state["elapsed"], 1),
@@ -166,12 +158,11 @@ def write_registry(out, encoder, cfg, args, state, metrics, data):
                                                              "local_view": args.local_view, "ramp_steps": args.aug_ramp,
                                                              "colour_jitter": args.jitter, "greyscale": 0.2},
                 "curve": "curve.jsonl in the run folder"}
-    save_model(out, name=args.name or out.name, task=IMAGE_TASK, architecture=IMAGE_ARCHITECTURE,
-               config=cfg.to_dict(), tensors={"model.safetensors": sc.unwrap(encoder).state_dict()},
-               training=training, metrics=metrics, data=data, license="Apache-2.0",
-               description=f"scene-gen image encoder f_V: ResNet-style, {cfg.image_size} px -> "
-                           f"{cfg.feature_dim}-d features (unit-normalised by consumers); self-supervised "
-                           "(SimCLR) on the scenes dataset.")
+    sc.save_registry(out, args, encoder, cfg, task=IMAGE_TASK, architecture=IMAGE_ARCHITECTURE, training=training,
+                     metrics=metrics, data=data,
+                     description=f"scene-gen image encoder f_V: ResNet-style, {cfg.image_size} px -> "
+                                 f"{cfg.feature_dim}-d features (unit-normalised by consumers); self-supervised "
+                                 "(SimCLR) on the scenes dataset.")
 
 
 def main(argv=None) -> int:
@@ -179,8 +170,7 @@ def main(argv=None) -> int:
     rank, world, dev, main_proc, out, run, log, command = sc.start(args, "scene_image_encoder", argv)
     from soundsight_train import scenes
 
-    folder = sc.find_scenes(args.data)
-    train, val = scenes.SceneSplit(folder, "train"), scenes.SceneSplit(folder, "val")
+    folder, (train, val) = sc.scene_splits(args.data, "train", "val")
     train_u8, val_u8 = sc.images_nchw(train, args.size), sc.images_nchw(val, args.size)
     if (args.bg_swap > 0 or args.local_view > 0) and not all("path" in b for b in train.meta["backgrounds"]):
         log("note: the dataset's meta.json has no background photo paths; --bg-swap and --local-view disabled")
@@ -197,29 +187,22 @@ def main(argv=None) -> int:
     model = SimCLR(cfg).to(dev.torch_device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd)
     scaler = sc.make_scaler(dev)
-    state = {"step": 0, "elapsed": 0.0, "command": command, "world": world, "device": str(dev),
-             "config": cfg.to_dict(), "args": vars(args)}
-    ck = sc.resume_state(args, run, cfg.to_dict(), log)
-    if ck is not None:
-        prev, _ = sc.load_checkpoint(ck, {"model": model}, {"opt": opt, "scaler": scaler}, dev.torch_device)
-        state.update(step=prev["step"], elapsed=prev["elapsed"])
+    modules, optims = {"model": model}, {"opt": opt, "scaler": scaler}
+    state = sc.initial_state({"step": 0, "elapsed": 0.0}, command, world, dev, cfg, args)
+    sc.restore(sc.resume_state(args, run, cfg.to_dict(), log), modules, optims, dev, state)
     ddp = sc.wrap_ddp(model, dev, world)
-    gen = torch.Generator().manual_seed(args.seed * 7919 + rank + 1000003 * state["step"])
+    gen = sc.batch_generator(args.seed, rank, state["step"])
 
     log(f"data: {folder} ({len(train_u8)} train / {len(val_u8)} val images at {args.size} px)")
     log(f"model: f_V {count_parameters(model.encoder) / 1e6:.2f}M params (D={cfg.feature_dim}), head "
         f"{count_parameters(model.head) / 1e6:.2f}M; device {dev}; world {world}; batch {args.batch}/process")
     log(f"run folder: {run}; registry folder: {out}")
 
-    curve = sc.Curve(run / "curve.jsonl", main_proc)
-    meter = sc.Meter()
-    t_start = time.time() - state["elapsed"]
-    last_ck = time.time()
-    step = state["step"]
-    model.train()
-    while step < args.steps:
-        for g in opt.param_groups:
-            g["lr"] = sc.lr_at(step, args.steps, args.lr, args.warmup)
+    loop = TrainLoop(args, run, state, modules, optims, main_proc, log,
+                     lr_epoch_fields(opt, args.batch * world, len(train_u8)), epoch_line)
+
+    def train_step(step):
+        sc.set_lr(opt, sc.lr_at(step, args.steps, args.lr, args.warmup))
         idx = sc.take(len(train_u8), args.batch, gen)
         x = sc.to_unit(train_u8[idx], dev.torch_device)
         views = []
@@ -242,44 +225,28 @@ def main(argv=None) -> int:
             z = ddp(torch.cat(views, 0))
             loss = nt_xent(z[:len(x)], z[len(x):], args.temperature)
         sc.backward_step(loss, opt, scaler)
-        step += 1
-        meter.add({"loss": loss.detach()})
-        if not meter.finite():
-            log(f"error: non-finite loss at step {step}")
-            return 1
-        now = time.time()
-        state.update(step=step, elapsed=now - t_start)
-        if step % args.log_every == 0 or step == args.steps:
-            rec = meter.record(step, lr=round(opt.param_groups[0]["lr"], 7), elapsed=round(now - t_start, 1),
-                               epoch=round(step * args.batch * world / len(train_u8), 3))
-            curve.write(rec)
-            log(f"step {step}/{args.steps}  loss {rec['loss']:.4f}  {rec['sec_per_step']:.2f}s/step  "
-                f"ep {rec['epoch']:.2f}  [{rec['elapsed'] / 60:.1f} min]")
-        out_of_time = args.max_minutes > 0 and now - t_start > args.max_minutes * 60
-        if main_proc and (now - last_ck > args.ckpt_minutes * 60 or step == args.steps or out_of_time):
-            sc.save_checkpoint(run, {"model": model}, {"opt": opt, "scaler": scaler}, state)
-            last_ck = time.time()
-        if main_proc and args.eval_every and step % args.eval_every == 0 and step < args.steps:
-            t0 = time.time()
-            m = evaluate(model.encoder, train, val, train_u8, val_u8, dev, args.eval_train)
-            curve.write({"step": step, "val": m})
-            log(f"eval: kNN top-1 {m['knn_top1']} (pixels {m['pixels_knn_top1']}, chance {m['chance_top1']}); "
-                f"size probe R2 {m['size_probe_r2']} ({time.time() - t0:.0f}s)")
-            t_start += time.time() - t0
-            model.train()
-        if out_of_time:
-            log(f"--max-minutes {args.max_minutes} reached at step {step}")
-            break
+        return {"loss": loss.detach()}
+
+    def evaluate_now(step):
+        m = evaluate(model.encoder, train, val, train_u8, val_u8, dev, args.eval_train)
+        model.train()
+        return m, (f"eval: kNN top-1 {m['knn_top1']} (pixels {m['pixels_knn_top1']}, chance {m['chance_top1']}); "
+                   f"size probe R2 {m['size_probe_r2']}")
+
+    model.train()
+    step = loop.run(state["step"], args.steps, train_step, evaluate_now)
+    if step is None:
+        return 1
 
     if main_proc:
         log("final evaluation ...")
         m = evaluate(model.encoder, train, val, train_u8, val_u8, dev, len(train_u8) if not args.tiny else 64)
-        curve.write({"step": step, "val_final": m})
+        loop.curve.write({"step": step, "val_final": m})
         write_registry(out, model.encoder, cfg, args, state, {"val": m}, scenes.data_card(folder))
         log(f"val: kNN top-1 {m['knn_top1']} (any label {m['knn_any_label']}; raw pixels {m['pixels_knn_top1']}; "
             f"chance {m['chance_top1']}); size probe R2 {m['size_probe_r2']} (pixels {m['pixels_size_probe_r2']})")
         log(f"wrote registry model {out}")
-    curve.close()
+    loop.close()
     sc.cleanup_distributed(world)
     return 0
 

@@ -21,7 +21,6 @@ conditioning consistency (see scene_common.generation_metrics); ``<run>/samples.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import sys
@@ -33,6 +32,7 @@ import torch.nn as nn
 from soundsight_plugins.scene_gen.encoders import count_parameters
 from soundsight_plugins.scene_gen.ldm import ARCHITECTURE, TASK, LDMConfig, SceneLDM
 from soundsight_train import scene_common as sc
+from soundsight_train.scene_loop import TrainLoop
 
 
 class _Loss(nn.Module):
@@ -47,9 +47,7 @@ class _Loss(nn.Module):
 
 
 def parse(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m soundsight_train.scene_ldm", description=__doc__.split("\n")[0])
-    sc.common_args(ap, "scene-ldm-64")
-    ap.add_argument("--image-encoder", default="scene-image-encoder-64", help="f_V: registry name or folder")
+    ap = sc.make_parser("scene_ldm", __doc__, "scene-ldm-64", image_encoder=True)
     ap.add_argument("--size", type=int, choices=[32, 64, 128], default=64)
     ap.add_argument("--preset", choices=["cpu", "paper", "tiny"], default="cpu")
     ap.add_argument("--vae-steps", type=int, default=1000)
@@ -65,11 +63,8 @@ def parse(argv=None):
     ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance in the config (default 2)")
     ap.add_argument("--sample-steps", type=int, default=25)
     ap.add_argument("--eval-n", type=int, default=200)
-    args = ap.parse_args(argv)
-    if args.tiny:
-        sc.apply_tiny(args, argv, dict(preset="tiny", size=32, vae_steps=2, unet_steps=3, vae_batch=4, batch=8,
-                                       warmup=1, sample_steps=3, eval_n=8, log_every=1))
-    return args
+    return sc.parse_with_tiny(ap, argv, dict(preset="tiny", size=32, vae_steps=2, unet_steps=3, vae_batch=4, batch=8,
+                                             warmup=1, sample_steps=3, eval_n=8, log_every=1))
 
 
 @torch.no_grad()
@@ -133,7 +128,6 @@ def sample_grid(ldm: SceneLDM, val_u8, val_f, path, steps: int, seed: int = 0, r
 
 def write_registry(out, ldm, cfg, args, state, metrics, data, enc_folder):
     import diffusers
-    from soundsight.registry import save_model
 
     training = {"command": state["command"], "vae_steps": state["vae_step"], "unet_steps": state["unet_step"],
                 "vae_batch": args.vae_batch, "unet_batch": args.batch, "world_size": state["world"],
@@ -142,15 +136,15 @@ def write_registry(out, ldm, cfg, args, state, metrics, data, enc_folder):
                 "unet": {"loss": f"{cfg.prediction_type} MSE, condition dropped with p={cfg.cond_drop}",
                          "optimizer": "AdamW", "lr": args.lr, "weight_decay": args.wd, "ema": args.ema},
                 "diffusers_version": diffusers.__version__, "curve": "curve.jsonl in the run folder; samples.png"}
-    save_model(out, name=args.name or out.name, task=TASK, architecture=ARCHITECTURE, config=cfg.to_dict(),
-               tensors={"model.safetensors": ldm.state_dict()}, training=training, metrics=metrics, data=data,
-               license="Apache-2.0",
-               extra={"conditioning": {"image_encoder": sc.model_ref(enc_folder)},
-                      "diffusers": {"AutoencoderKL": cfg.vae_kwargs(), "UNet2DConditionModel": cfg.unet_kwargs(),
-                                    "DDIMScheduler": cfg.scheduler_kwargs()}},
-               description=f"scene-gen latent-diffusion back end, {cfg.image_size} px: AutoencoderKL "
-                           f"({cfg.latent_size}x{cfg.latent_size}x{cfg.latent_channels} latents) + UNet2DConditionModel "
-                           f"cross-attending to the features of {enc_folder.name}; DDIM sampling.")
+    sc.save_registry(out, args, ldm, cfg, task=TASK, architecture=ARCHITECTURE, training=training, metrics=metrics,
+                     data=data,
+                     extra={"conditioning": {"image_encoder": sc.model_ref(enc_folder)},
+                            "diffusers": {"AutoencoderKL": cfg.vae_kwargs(), "UNet2DConditionModel": cfg.unet_kwargs(),
+                                          "DDIMScheduler": cfg.scheduler_kwargs()}},
+                     description=f"scene-gen latent-diffusion back end, {cfg.image_size} px: AutoencoderKL "
+                                 f"({cfg.latent_size}x{cfg.latent_size}x{cfg.latent_channels} latents) + "
+                                 f"UNet2DConditionModel cross-attending to the features of {enc_folder.name}; "
+                                 "DDIM sampling.")
 
 
 def main(argv=None) -> int:
@@ -158,15 +152,10 @@ def main(argv=None) -> int:
     rank, world, dev, main_proc, out, run, log, command = sc.start(args, "scene_ldm", argv)
     from soundsight_train import scenes
 
-    folder = sc.find_scenes(args.data)
-    train, val = scenes.SceneSplit(folder, "train"), scenes.SceneSplit(folder, "val")
+    folder, (train, val) = sc.scene_splits(args.data, "train", "val")
     train_u8, val_u8 = sc.images_nchw(train, args.size), sc.images_nchw(val, args.size)
     encoder, enc_folder = sc.load_image_encoder(args.image_encoder, dev)
-    t0 = time.time()
-    feats = sc.encode_images(encoder, train_u8, dev.torch_device)
-    feats_flip = sc.encode_images(encoder, train_u8, dev.torch_device, flip=True)
-    val_f = sc.encode_images(encoder, val_u8, dev.torch_device)
-    log(f"features: {len(feats)} train (+ mirrored) and {len(val_f)} val in {time.time() - t0:.0f}s")
+    feats, feats_flip, val_f = sc.conditioning_features(encoder, train_u8, val_u8, dev, log)
 
     overrides = {"guidance": args.guidance} if args.guidance is not None else {}
     cfg = LDMConfig.for_size(args.size, args.preset, feature_dim=encoder.cfg.feature_dim, **overrides)
@@ -178,16 +167,15 @@ def main(argv=None) -> int:
     opt_vae = torch.optim.AdamW(vae_params, lr=args.vae_lr, weight_decay=0.0)
     opt_unet = torch.optim.AdamW(unet_params, lr=args.lr, weight_decay=args.wd)
     scaler = sc.make_scaler(dev)
-    state = {"phase": "vae", "vae_step": 0, "unet_step": 0, "elapsed": 0.0, "command": command, "world": world,
-             "device": str(dev), "config": cfg.to_dict(), "args": vars(args)}
+    state = sc.initial_state({"phase": "vae", "vae_step": 0, "unet_step": 0, "elapsed": 0.0}, command, world, dev,
+                             cfg, args)
     modules = {"model": ldm, "ema": ema}
     optims = {"opt_vae": opt_vae, "opt_unet": opt_unet, "scaler": scaler}
-    ck = sc.resume_state(args, run, cfg.to_dict(), log)
-    if ck is not None:
-        prev, _ = sc.load_checkpoint(ck, modules, optims, dev.torch_device)
-        state.update({k: prev[k] for k in ("phase", "vae_step", "unet_step", "elapsed")})
+    prev = sc.restore(sc.resume_state(args, run, cfg.to_dict(), log), modules, optims, dev, state)
+    if prev is not None:
         cfg.latent_scale = prev["config"].get("latent_scale", 1.0)
-    gen = torch.Generator().manual_seed(args.seed * 7919 + rank + 1000003 * (state["vae_step"] + state["unet_step"]))
+        state["config"] = cfg.to_dict()  # the config a checkpoint saves follows latent_scale
+    gen = sc.batch_generator(args.seed, rank, state["vae_step"] + state["unet_step"])
 
     log(f"data: {folder} ({len(train_u8)} train / {len(val_u8)} val images at {args.size} px)")
     log(f"model: VAE {count_parameters(ldm.vae) / 1e6:.2f}M params ({cfg.latent_size}x{cfg.latent_size}x"
@@ -195,33 +183,27 @@ def main(argv=None) -> int:
         f"{cfg.cond_tokens} token(s) x {cfg.cross_dim} from {enc_folder.name}; device {dev}; world {world}")
     log(f"run folder: {run}; registry folder: {out}")
 
-    curve = sc.Curve(run / "curve.jsonl", main_proc)
-    meter = sc.Meter()
-    t_start = time.time() - state["elapsed"]
-    last_ck = time.time()
+    phase_opt = {"vae": opt_vae, "unet": opt_unet}
+
+    def fields(step, elapsed):
+        return dict(phase=state["phase"], lr=round(phase_opt[state["phase"]].param_groups[0]["lr"], 7), elapsed=elapsed)
+
+    def line(rec, total):  # the loss parts (phase 1: l1, mse, kl) are the record's other running means
+        parts = "  ".join(f"{k} {rec[k]:.4f}" for k in rec
+                          if k not in ("step", "loss", "sec_per_step", "phase", "lr", "elapsed"))
+        return (f"{rec['phase']} step {rec['step']}/{total}  loss {rec['loss']:.4f}  {parts}  "
+                f"{rec['sec_per_step']:.2f}s/step  [{rec['elapsed'] / 60:.1f} min]")
+
+    loop = TrainLoop(args, run, state, modules, optims, main_proc, log, fields, line)
     stopped = False
 
-    def tick(phase: str, step: int, total: int, stats: dict, lr: float) -> bool:
+    def tick(phase: str, step: int, total: int, stats: dict) -> bool:
         """Bookkeeping after a step; True when training must stop (time budget)."""
-        nonlocal last_ck
-        meter.add(stats)
-        if not meter.finite():
+        if not loop.add(stats):
             raise SystemExit(f"error: non-finite loss at {phase} step {step}")
-        now = time.time()
-        state.update({f"{phase}_step": step, "elapsed": now - t_start, "phase": phase})
-        if step % args.log_every == 0 or step == total:
-            rec = meter.record(step, phase=phase, lr=round(lr, 7), elapsed=round(now - t_start, 1))
-            curve.write(rec)
-            extra = "  ".join(f"{k} {rec[k]:.4f}" for k in stats if k != "loss")
-            log(f"{phase} step {step}/{total}  loss {rec['loss']:.4f}  {extra}  {rec['sec_per_step']:.2f}s/step  "
-                f"[{rec['elapsed'] / 60:.1f} min]")
-        out_of_time = args.max_minutes > 0 and now - t_start > args.max_minutes * 60
-        if main_proc and (now - last_ck > args.ckpt_minutes * 60 or step == total or out_of_time):
-            state["config"] = cfg.to_dict()
-            sc.save_checkpoint(run, modules, optims, state)
-            last_ck = time.time()
+        out_of_time = loop.step_done(step, total, **{f"{phase}_step": step, "phase": phase})
         if out_of_time:
-            log(f"--max-minutes {args.max_minutes} reached at {phase} step {step}")
+            loop.budget_spent(f"{phase} step {step}")
         return out_of_time
 
     # ---- phase 1: autoencoder ----------------------------------------------------------------
@@ -232,8 +214,7 @@ def main(argv=None) -> int:
         ldm.train()
         step = state["vae_step"]
         while step < args.vae_steps and not stopped:
-            for g in opt_vae.param_groups:
-                g["lr"] = sc.lr_at(step, args.vae_steps, args.vae_lr, min(args.warmup, args.vae_steps))
+            sc.set_lr(opt_vae, sc.lr_at(step, args.vae_steps, args.vae_lr, min(args.warmup, args.vae_steps)))
             idx = sc.take(len(train_u8), args.vae_batch, gen)
             x = sc.to_unit(train_u8[idx], dev.torch_device) * 2 - 1
             flip = (torch.rand(len(idx), generator=gen) < 0.5).to(dev.torch_device)
@@ -242,30 +223,30 @@ def main(argv=None) -> int:
                 res = net("vae", x, kl_weight=args.kl_weight)
             sc.backward_step(res["loss"], opt_vae, scaler)
             step += 1
-            stopped = tick("vae", step, args.vae_steps, {k: v.detach() for k, v in res.items()},
-                           opt_vae.param_groups[0]["lr"])
+            stopped = tick("vae", step, args.vae_steps, {k: v.detach() for k, v in res.items()})
         del net
         if stopped:
             log(f"stopped during phase 1 (autoencoder) at step {step}; continue with --resume")
-            curve.close()
+            loop.close()
             sc.cleanup_distributed(world)
             return 0
 
     # ---- latents ------------------------------------------------------------------------------
     ldm.eval()
-    t0 = time.time()
-    lat = encode_latents(ldm, train_u8, dev)  # one pass each; not counted as training time
-    lat_flip = encode_latents(ldm, train_u8, dev, flip=True)
-    if state["phase"] == "vae":
-        cfg.latent_scale = float(1.0 / torch.cat([lat, lat_flip]).std())
-        state["phase"] = "unet"
+    with loop.off_the_clock() as t0:  # one pass each; not counted as training time
+        lat = encode_latents(ldm, train_u8, dev)
+        lat_flip = encode_latents(ldm, train_u8, dev, flip=True)
+        if state["phase"] == "vae":
+            cfg.latent_scale = float(1.0 / torch.cat([lat, lat_flip]).std())
+            state["phase"] = "unet"
+            if ema is not None:
+                sc.ema_update(ema, ldm, 0.0)
+        state["config"] = cfg.to_dict()
+        lat, lat_flip = lat * cfg.latent_scale, lat_flip * cfg.latent_scale
         if ema is not None:
-            sc.ema_update(ema, ldm, 0.0)
-    lat, lat_flip = lat * cfg.latent_scale, lat_flip * cfg.latent_scale
-    if ema is not None:
-        ema.cfg.latent_scale = cfg.latent_scale
-    log(f"latents: {tuple(lat.shape)} (+ mirrored) in {time.time() - t0:.0f}s; latent_scale {cfg.latent_scale:.4f}")
-    t_start += time.time() - t0
+            ema.cfg.latent_scale = cfg.latent_scale
+        log(f"latents: {tuple(lat.shape)} (+ mirrored) in {time.time() - t0:.0f}s; "
+            f"latent_scale {cfg.latent_scale:.4f}")
 
     # ---- phase 2: UNet -----------------------------------------------------------------------
     if not stopped:
@@ -276,11 +257,10 @@ def main(argv=None) -> int:
         sched = ldm.scheduler()
         ldm.train()
         ldm.vae.eval()
-        meter.reset()
+        loop.meter.reset()
         step = state["unet_step"]
         while step < args.unet_steps and not stopped:
-            for g in opt_unet.param_groups:
-                g["lr"] = sc.lr_at(step, args.unet_steps, args.lr, args.warmup)
+            sc.set_lr(opt_unet, sc.lr_at(step, args.unet_steps, args.lr, args.warmup))
             idx = sc.take(len(lat), args.batch, gen)
             flip = torch.rand(len(idx), generator=gen) < 0.5
             z = torch.where(flip[:, None, None, None], lat_flip[idx], lat[idx]).to(dev.torch_device)
@@ -291,8 +271,7 @@ def main(argv=None) -> int:
             step += 1
             if ema is not None:
                 sc.ema_update(ema, ldm, args.ema if step > 100 else 0.0)
-            stopped = tick("unet", step, args.unet_steps, {"loss": res["loss"].detach()},
-                           opt_unet.param_groups[0]["lr"])
+            stopped = tick("unet", step, args.unet_steps, {"loss": res["loss"].detach()})
         del net
 
     if main_proc:
@@ -300,7 +279,7 @@ def main(argv=None) -> int:
         final.cfg.latent_scale = cfg.latent_scale
         log("final evaluation ...")
         m = evaluate(final, encoder, val_u8, val_f, train_u8, dev, args.eval_n, args.sample_steps)
-        curve.write({"step": state["unet_step"], "val_final": m})
+        loop.curve.write({"step": state["unet_step"], "val_final": m})
         grid = sample_grid(final, val_u8, val_f, run / "samples.png", args.sample_steps)
         write_registry(out, final, cfg, args, state, {"val": m}, scenes.data_card(folder), enc_folder)
         log(f"val ({m['n']} conditions, DDIM {m['sample_steps']} steps, guidance {m['guidance']}): FID-lite "
@@ -308,7 +287,7 @@ def main(argv=None) -> int:
             f"(unpaired {m['cond_cosine_unpaired']}); VAE PSNR {m['vae_psnr']} dB")
         log(f"samples: {grid}")
         log(f"wrote registry model {out}")
-    curve.close()
+    loop.close()
     sc.cleanup_distributed(world)
     return 0 if not math.isnan(cfg.latent_scale) else 1
 
