@@ -150,6 +150,19 @@ def test_seeded_sampling_is_deterministic_and_samples_differ():
     assert (s1[0, 0] - s1[0, 1]).abs().max() > 0  # K samples are different futures
 
 
+def test_temperature_scales_the_spread_of_the_k_futures():
+    g = Sound2Sight(tiny()).eval()
+    x, a = data(b=1, t=8)
+
+    def spread(t):
+        out = g.sample(x[:, :3], a, 5, 6, generator=torch.Generator().manual_seed(3), temperature=t,
+                       use_posterior_warmup=False)
+        return (out - out.mean(1, keepdim=True)).abs().mean().item()
+
+    assert spread(0.0) < 1e-6  # the prior's mean path for every sample
+    assert 0 < spread(1.0) < spread(3.0)
+
+
 def test_audio_changes_the_future_only_with_audio():
     x, a = data(b=1, t=8)
     other = torch.randn_like(a)

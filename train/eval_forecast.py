@@ -71,7 +71,7 @@ def to_frames(u8: np.ndarray | torch.Tensor, device) -> torch.Tensor:
 
 
 def best_of_k(model, frames_u8, audio, n_past: int, n_future: int, k: int, *, device, chunk: int = 4,
-              seed: int = 0, progress=None) -> dict:
+              seed: int = 0, progress=None, temperature: float = 1.0) -> dict:
     """Per-clip best-of-K SSIM/PSNR curves (N, n_future) for the model on these sequences."""
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -80,7 +80,7 @@ def best_of_k(model, frames_u8, audio, n_past: int, n_future: int, k: int, *, de
     for i in range(0, n, chunk):
         fr = to_frames(frames_u8[i : i + chunk, : n_past + n_future], device)
         au = torch.as_tensor(np.asarray(audio[i : i + chunk, : n_past + n_future], dtype=np.float32)).to(device)
-        out = model.sample(fr[:, :n_past], au, n_future, k, generator=gen)  # (b, K, F, C, H, W)
+        out = model.sample(fr[:, :n_past], au, n_future, k, generator=gen, temperature=temperature)  # (b, K, F, ...)
         target = fr[:, None, n_past:].expand_as(out)
         s = ssim(out, target)  # (b, K, F)
         p = psnr(out, target)
@@ -153,6 +153,8 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="evaluate the first N clips only")
     ap.add_argument("--chunk", type=int, default=4, help="clips per batched pass (x K samples)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--temperature", type=float, default=1.0,
+                    help="scale of the prior's standard deviation when sampling (choose it on --split val)")
     ap.add_argument("--device", default=None, help="auto|cpu|cuda[:i]|mps (default: $SOUNDSIGHT_DEVICE or auto)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None, help="write results here")
@@ -195,7 +197,8 @@ def main(argv=None) -> int:
 
         with dev.autocast():
             curves = best_of_k(model, frames, audio, args.n_past, args.n_future, args.samples,
-                               device=dev.torch_device, chunk=args.chunk, seed=args.seed, progress=progress)
+                               device=dev.torch_device, chunk=args.chunk, seed=args.seed, progress=progress,
+                               temperature=args.temperature)
         timing[label] = round(time.time() - t0, 1)
         rows[label] = summarize(curves, args.n_past, report) | {"model": folder.name, "sha256": folder.sha256()}
         if block:
@@ -211,7 +214,7 @@ def main(argv=None) -> int:
     print(f"\n{name} {args.split} ({len(frames)} clips), best of K={args.samples}, frames 1-{args.n_past} seen\n")
     print(table)
     if args.json:
-        result = {"variant": variant, "report_frames": list(report), "split": args.split, "clips": len(frames), "samples": args.samples, "n_past": args.n_past,
+        result = {"variant": variant, "report_frames": list(report), "split": args.split, "clips": len(frames), "samples": args.samples, "temperature": args.temperature, "n_past": args.n_past,
                   "n_future": args.n_future, "rows": rows, "seconds": timing, "table": table}
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"\nwrote {args.json}")
@@ -233,7 +236,7 @@ def update_card(ref, rows: dict, label: str, args, clips: int, command: str) -> 
     card = json.loads(card_path.read_text())
     entry = {"protocol": f"best of K={args.samples} per clip (SSIM and PSNR picked separately), "
                          f"frames 1-{args.n_past} seen, {args.n_future} predicted",
-             "clips": clips, "split": args.split, "command": command,
+             "clips": clips, "split": args.split, "temperature": args.temperature, "command": command,
              "ssim": rows[label]["ssim"]["at"], "psnr": rows[label]["psnr"]["at"],
              **({"block_iou": rows[label]["block_iou"]} if "block_iou" in rows[label] else {}),
              "ssim_per_frame": rows[label]["ssim"]["per_frame"], "psnr_per_frame": rows[label]["psnr"]["per_frame"],

@@ -428,12 +428,15 @@ class Sound2Sight(nn.Module):
 
     @torch.no_grad()
     def sample(self, seen: torch.Tensor, audio: torch.Tensor, n_future: int, k_samples: int = 1,
-               generator: torch.Generator | None = None, use_posterior_warmup: bool = True) -> torch.Tensor:
+               generator: torch.Generator | None = None, use_posterior_warmup: bool = True,
+               temperature: float = 1.0) -> torch.Tensor:
         """K futures per clip in one batched pass.
 
         seen (B, S, C, H, W) in [0, 1]; audio (B, T, chunk) with T ≥ S + n_future (shorter is
         padded with silence); returns (B, K, n_future, C, H, W) in [0, 1].
-        The model should be in eval mode (BatchNorm running statistics).
+        The model should be in eval mode (BatchNorm running statistics). ``temperature`` scales
+        the prior's standard deviation: 0 gives its mean path for every sample, > 1 spreads the
+        K futures wider (a model whose prior learned to be sharp can be too sure for best-of-K).
         """
         cfg = self.cfg
         b, s = seen.shape[:2]
@@ -483,7 +486,8 @@ class Sound2Sight(nn.Module):
                 m_prev, vp_cache = self.visual_prior.step(h_prev, t - 1, vp_cache)
             oa = None if o_ak is None else o_ak[:, j]
             mu_p, lv_p, st_p = self.prior(self._stoch_in(oa, m_prev), st_p)
-            z = mu_p + (0.5 * lv_p).exp() * torch.randn(mu_p.shape, device=dev, generator=generator, dtype=dt)
+            z = mu_p + temperature * (0.5 * lv_p).exp() * torch.randn(mu_p.shape, device=dev, generator=generator,
+                                                                       dtype=dt)
             hp, st_f = self.predictor(torch.cat([h_prev, z], -1), st_f)
             out.append(self.decoder(hp, skip_last))
         x = torch.stack(out, 1)  # (B*K, n_future, C, H, W)
