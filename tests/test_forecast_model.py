@@ -357,6 +357,33 @@ def test_eval_entrypoint(tiny_dataset, tmp_path, capsys):
     resolve(str(tmp_path / "tiny-a"))  # weights still verify after the card update
 
 
+
+def test_eval_mute_feeds_silence_and_stays_out_of_cards(tiny_dataset, tmp_path, monkeypatch):
+    import json
+    from dataclasses import asdict
+
+    from soundsight.registry import save_model
+    from soundsight_train import eval_forecast
+
+    cfg = tiny()
+    save_model(tmp_path / "tiny-a", name="tiny-a", task="frame-forecast", architecture="sound2sight",
+               config=asdict(cfg), tensors={"model.safetensors": Sound2Sight(cfg).state_dict()})
+    seen, real = [], eval_forecast.best_of_k
+
+    def spy(model, frames_u8, audio, *a, **kw):
+        seen.append(float(np.abs(np.asarray(audio, np.float32)).max()))
+        return real(model, frames_u8, audio, *a, **kw)
+
+    monkeypatch.setattr(eval_forecast, "best_of_k", spy)
+    common = ["--data", str(tiny_dataset), "--model", str(tmp_path / "tiny-a"), "--samples", "2", "--n-past", "5",
+              "--n-future", "7", "--threads", "1"]
+    for mute in (False, True):
+        out = tmp_path / f"r{mute}.json"
+        assert eval_forecast.main(common + ["--json", str(out)] + (["--mute"] if mute else [])) == 0
+        assert json.loads(out.read_text())["muted"] is mute
+    assert seen[0] > 0.01 and seen[1] == 0.0
+    assert eval_forecast.main(common + ["--mute", "--write-card"]) == 2
+
 def test_block_iou():
     from soundsight_train.eval_forecast import block_iou
 

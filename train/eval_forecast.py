@@ -153,6 +153,8 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="evaluate the first N clips only")
     ap.add_argument("--chunk", type=int, default=4, help="clips per batched pass (x K samples)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mute", action="store_true",
+                    help="replace the soundtrack with silence (does the model use its audio at all?)")
     ap.add_argument("--temperature", type=float, default=1.0,
                     help="scale of the prior's standard deviation when sampling (choose it on --split val)")
     ap.add_argument("--device", default=None, help="auto|cpu|cuda[:i]|mps (default: $SOUNDSIGHT_DEVICE or auto)")
@@ -178,6 +180,11 @@ def main(argv=None) -> int:
               else (31, 42, 70) if block else REPORT_FRAMES)
     data = load_split(args.data, args.split)
     frames, audio = data["frames"], data["audio"]
+    if args.mute:
+        if args.write_card:
+            print("error: --mute results do not belong in a model card; drop --write-card", file=sys.stderr)
+            return 2
+        audio = np.zeros_like(audio)
     if args.limit:
         frames, audio = frames[: args.limit], audio[: args.limit]
     need = args.n_past + args.n_future
@@ -214,7 +221,7 @@ def main(argv=None) -> int:
     print(f"\n{name} {args.split} ({len(frames)} clips), best of K={args.samples}, frames 1-{args.n_past} seen\n")
     print(table)
     if args.json:
-        result = {"variant": variant, "report_frames": list(report), "split": args.split, "clips": len(frames), "samples": args.samples, "temperature": args.temperature, "n_past": args.n_past,
+        result = {"variant": variant, "report_frames": list(report), "split": args.split, "clips": len(frames), "samples": args.samples, "temperature": args.temperature, "muted": args.mute, "n_past": args.n_past,
                   "n_future": args.n_future, "rows": rows, "seconds": timing, "table": table}
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"\nwrote {args.json}")
