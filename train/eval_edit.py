@@ -153,6 +153,11 @@ def outside_ssim(edit: torch.Tensor, recon: torch.Tensor, log_size: torch.Tensor
     return torch.stack(vals), boxes
 
 
+def class_in_topk(logits: torch.Tensor, cls: int, k: int) -> list[bool]:
+    """Per image: is class ``cls`` among the evaluator's top ``k`` classes?"""
+    return [bool(h) for h in (logits.topk(min(k, logits.shape[1]), dim=1).indices == cls).any(1)]
+
+
 def rate(x) -> float | None:
     x = [bool(v) for v in x]
     return round(sum(x) / len(x), 4) if x else None
@@ -186,7 +191,7 @@ def main(argv=None) -> int:
     from soundsight.device import resolve_device
     from soundsight.errors import UserError
     from soundsight_plugins.latent_edit import pipeline as P
-    from soundsight_plugins.latent_edit.edits import EditPlan, composite, edit_conditions, render, to_uint8
+    from soundsight_plugins.latent_edit.edits import EditPlan, composite, edit_conditions, render
     from soundsight_plugins.latent_edit.invert import InversionConfig, invert, psnr, ssim, to_model_size
     from soundsight_train import scene_common as sc
     from soundsight_train import scenes
@@ -251,10 +256,9 @@ def main(argv=None) -> int:
                "ssim": float(ssim(recon, inv.target)), "seconds": inv.metrics["seconds"],
                "insert_class": classes[cls], "insert_recording": int(test.recordings[j, 0])}
         pred = ev.predict(torch.cat([recon, ins]).cpu())
-        topk = pred["logits"].topk(min(args.topk, pred["logits"].shape[1]), dim=1).indices
-        hit = (topk == cls).any(1)
-        row["insert_hit_before"] = bool(hit[0])
-        row["insert_hit"] = [bool(h) for h in hit[1:]]
+        hit = class_in_topk(pred["logits"], cls, args.topk)
+        row["insert_hit_before"] = hit[0]
+        row["insert_hit"] = hit[1:]
         loc, _ = outside_ssim(ins.cpu(), recon.cpu().expand_as(ins), pred["log_size"][1:])
         row["insert_outside_ssim"] = [float(v) for v in loc]
         # oracle: the sound's embedding replaced by f_V of the sound's own (held-out) picture, which
@@ -263,16 +267,14 @@ def main(argv=None) -> int:
         with torch.no_grad():
             z_pic = F.normalize(fv(pic.to(dev.torch_device)).float(), dim=-1)
         orc = render(inv.generator, inv.z_n, edit_conditions(EditPlan("insert", strengths), inv.z_v, {"sound": z_pic}))
-        row["oracle_hit"] = [bool(h) for h in (ev.predict(orc.cpu())["logits"].topk(
-            min(args.topk, pred["logits"].shape[1]), dim=1).indices == cls).any(1)]
+        row["oracle_hit"] = class_in_topk(ev.predict(orc.cpu())["logits"], cls, args.topk)
         row["audio_image_cosine"] = float((F.normalize(z_ins.float(), dim=-1) * z_pic).sum())
         # the composite at the photo's size, judged again at model size
         comp = composite(ph["array"], box, recon.cpu(), ins.cpu())
         comp_t = torch.from_numpy(comp).permute(0, 3, 1, 2).float() / 255
         x0, y0, x1, y1 = box
         cpred = ev.predict(comp_t[:, :, y0:y1, x0:x1].contiguous())
-        row["insert_hit_composite"] = [bool(h) for h in (cpred["logits"].topk(min(args.topk, pred["logits"].shape[1]),
-                                                                               dim=1).indices == cls).any(1)]
+        row["insert_hit_composite"] = class_in_topk(cpred["logits"], cls, args.topk)
         # volume: single-object composites, their own sound
         if ph["source"] == "test-composite" and int(test.n_objects[ph["index"]]) == 1:
             own = test.audio([ph["index"]])[0]

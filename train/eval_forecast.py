@@ -163,6 +163,9 @@ def main(argv=None) -> int:
     ap.add_argument("--write-card", action="store_true",
                     help="also record the results in the evaluated model's card.json (metrics.test_<split>)")
     args = ap.parse_args(argv)
+    if args.mute and args.write_card:
+        print("error: --mute results do not belong in a model card; drop --write-card", file=sys.stderr)
+        return 2
     command = "python -m soundsight_train.eval_forecast " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
 
@@ -180,13 +183,10 @@ def main(argv=None) -> int:
               else (31, 42, 70) if block else REPORT_FRAMES)
     data = load_split(args.data, args.split)
     frames, audio = data["frames"], data["audio"]
-    if args.mute:
-        if args.write_card:
-            print("error: --mute results do not belong in a model card; drop --write-card", file=sys.stderr)
-            return 2
-        audio = np.zeros_like(audio)
     if args.limit:
         frames, audio = frames[: args.limit], audio[: args.limit]
+    if args.mute:
+        audio = np.zeros_like(audio)
     need = args.n_past + args.n_future
     if frames.shape[1] < need:
         print(f"error: sequences have {frames.shape[1]} frames, need {need}", file=sys.stderr)

@@ -228,8 +228,7 @@ def main(argv=None) -> int:
         return {"loss": loss.detach()}
 
     def evaluate_now(step):
-        m = evaluate(model.encoder, train, val, train_u8, val_u8, dev, args.eval_train)
-        model.train()
+        m = evaluate(model.encoder, train, val, train_u8, val_u8, dev, args.eval_train)  # modes restored
         return m, (f"eval: kNN top-1 {m['knn_top1']} (pixels {m['pixels_knn_top1']}, chance {m['chance_top1']}); "
                    f"size probe R2 {m['size_probe_r2']}")
 
