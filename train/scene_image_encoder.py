@@ -19,6 +19,14 @@ using the object mask recovered from the composite (``scenes.object_masks``). Wi
 learned background identity only (kNN class accuracy at chance, 0.034 vs 0.032). Still no
 labels: the mask says where the pasted pixels are, not what they show.
 
+``--objective object-ae`` replaces the two views by an object autoencoder: f_V's feature of the
+scene (its background swapped as above, ramped in) goes through a small training-only decoder
+that must draw the pasted object(s) over flat grey and their mask (weighted MSE + 0.1 BCE). The
+target never shows a background, so the feature spends itself on the objects' appearance,
+position and size — the three things the generator has to draw and the sound can tell (class
+and, through loudness, size). No zoomed views there: they would teach it to forget size. Still
+no labels: the mask comes from the stored background crop.
+
 Evaluation (labels only here): weighted kNN top-1 accuracy of the loudest object's class on
 val with train features (``knn_top1``; ``knn_any_label``: the prediction is any object of the
 sample), the same kNN on raw 16x16 pixels as a reference, and a ridge "size probe": R^2 of
@@ -45,6 +53,50 @@ from soundsight_plugins.scene_gen.encoders import (
 from soundsight_plugins.scene_gen.losses import nt_xent
 from soundsight_train import scene_common as sc
 from soundsight_train.scene_loop import TrainLoop, epoch_line, lr_epoch_fields
+
+
+class ObjectDecoder(nn.Module):
+    """Training-only decoder of ``--objective object-ae``: a unit-norm feature → the scene's pasted
+    object(s) over flat grey (RGB) and their mask (a logit), at the encoder's input size."""
+
+    def __init__(self, dim: int, size: int, widths=(128, 64, 32, 16)):
+        super().__init__()
+        self.start = max(size // 2 ** len(widths), 1)
+        self.fc = nn.Linear(dim, widths[0] * self.start ** 2)
+        layers = []
+        for cin, cout in zip(widths, widths[1:] + (widths[-1],)):
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, 1, 1, bias=False),
+                       nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Conv2d(widths[-1], 4, 3, 1, 1)
+        self.size, self.w0 = size, widths[0]
+
+    def forward(self, f):
+        x = self.fc(F.normalize(f, dim=1) * f.shape[1] ** 0.5).view(len(f), self.w0, self.start, self.start)
+        y = self.out(self.body(x))
+        if y.shape[-1] != self.size:
+            y = F.interpolate(y, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return y
+
+
+class ObjectAE(nn.Module):
+    def __init__(self, cfg: ImageEncoderConfig):
+        super().__init__()
+        self.encoder = ImageEncoder(cfg)
+        self.decoder = ObjectDecoder(cfg.feature_dim, cfg.image_size)
+
+    def forward(self, x):
+        return self.decoder(self.encoder(x))
+
+
+def object_ae_loss(pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, object_weight: float = 4.0):
+    """Mean squared error to the object(s) over grey — object pixels weighted ``1 + object_weight``
+    because they are a small part of most images — plus the mask's binary cross-entropy."""
+    target = x * mask + 0.5 * (1 - mask)
+    w = 1 + object_weight * mask
+    mse = ((pred[:, :3].sigmoid() - target) ** 2 * w).sum() / (w.sum() * 3)
+    bce = F.binary_cross_entropy_with_logits(pred[:, 3:], mask)
+    return mse + 0.1 * bce, mse, bce
 
 
 class SimCLR(nn.Module):
@@ -104,6 +156,8 @@ def parse(argv=None):
     ap.add_argument("--size", type=int, choices=[32, 64, 128], default=64)
     ap.add_argument("--preset", choices=["cpu", "paper", "tiny"], default="cpu")
     ap.add_argument("--feature-dim", type=int, default=None, help="D (default: the preset's, 256 on cpu)")
+    ap.add_argument("--objective", choices=["simclr", "object-ae"], default="simclr",
+                    help="simclr: two views, NT-Xent; object-ae: reconstruct the pasted object(s) and their mask")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=128, help="images per step per process (2 views each)")
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -148,7 +202,10 @@ def evaluate(encoder, train, val, train_u8, val_u8, dev, n_train: int) -> dict:
 
 
 def write_registry(out, encoder, cfg, args, state, metrics, data):
-    training = {"command": state["command"], "method": "SimCLR (NT-Xent) on two augmented views, no labels",
+    method = ("SimCLR (NT-Xent) on two augmented views, no labels" if args.objective == "simclr" else
+              "object autoencoder: the feature decodes the pasted object(s) over grey and their mask "
+              "(masks from the composites' stored background crops), no labels")
+    training = {"command": state["command"], "method": method, "objective": args.objective,
                 "steps": state["step"], "batch": args.batch, "world_size": state["world"],
                 "images_seen": state["step"] * args.batch * state["world"], "seconds": round(state["elapsed"], 1),
                 "device": state["device"], "optimizer": {"type": "AdamW", "lr": args.lr, "weight_decay": args.wd,
@@ -162,7 +219,7 @@ def write_registry(out, encoder, cfg, args, state, metrics, data):
                      metrics=metrics, data=data,
                      description=f"scene-gen image encoder f_V: ResNet-style, {cfg.image_size} px -> "
                                  f"{cfg.feature_dim}-d features (unit-normalised by consumers); self-supervised "
-                                 "(SimCLR) on the scenes dataset.")
+                                 f"({args.objective}) on the scenes dataset.")
 
 
 def main(argv=None) -> int:
@@ -172,11 +229,17 @@ def main(argv=None) -> int:
 
     folder, (train, val) = sc.scene_splits(args.data, "train", "val")
     train_u8, val_u8 = sc.images_nchw(train, args.size), sc.images_nchw(val, args.size)
-    if (args.bg_swap > 0 or args.local_view > 0) and not all("path" in b for b in train.meta["backgrounds"]):
+    if args.objective == "object-ae":
+        args.local_view = 0.0  # a zoomed view would teach the features to forget the object's size
+    needs_masks = args.bg_swap > 0 or args.local_view > 0 or args.objective == "object-ae"
+    if needs_masks and not all("path" in b for b in train.meta["backgrounds"]):
+        if args.objective == "object-ae":
+            raise SystemExit("error: --objective object-ae needs the object masks, and this dataset's meta.json "
+                             "has no background photo paths; rebuild it with `python -m soundsight_train.scenes build`")
         log("note: the dataset's meta.json has no background photo paths; --bg-swap and --local-view disabled")
         args.bg_swap = args.local_view = 0.0
-    masks = (torch.from_numpy(scenes.object_masks(train, args.size)).unsqueeze(1)
-             if args.bg_swap > 0 or args.local_view > 0 else None)
+        needs_masks = False
+    masks = torch.from_numpy(scenes.object_masks(train, args.size)).unsqueeze(1) if needs_masks else None
     boxes = mask_boxes(masks) if masks is not None and args.local_view > 0 else None
     bank = (torch.from_numpy(scenes.background_bank(folder, args.bg_bank, args.size, args.seed)).permute(0, 3, 1, 2)
             .contiguous() if args.bg_swap > 0 else None)
@@ -184,7 +247,7 @@ def main(argv=None) -> int:
     cfg = ImageEncoderConfig.for_size(args.size, args.preset, **overrides)
 
     torch.manual_seed(args.seed)
-    model = SimCLR(cfg).to(dev.torch_device)
+    model = (SimCLR(cfg) if args.objective == "simclr" else ObjectAE(cfg)).to(dev.torch_device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd)
     scaler = sc.make_scaler(dev)
     modules, optims = {"model": model}, {"opt": opt, "scaler": scaler}
@@ -194,12 +257,30 @@ def main(argv=None) -> int:
     gen = sc.batch_generator(args.seed, rank, state["step"])
 
     log(f"data: {folder} ({len(train_u8)} train / {len(val_u8)} val images at {args.size} px)")
-    log(f"model: f_V {count_parameters(model.encoder) / 1e6:.2f}M params (D={cfg.feature_dim}), head "
-        f"{count_parameters(model.head) / 1e6:.2f}M; device {dev}; world {world}; batch {args.batch}/process")
+    head = model.head if args.objective == "simclr" else model.decoder
+    log(f"model: f_V {count_parameters(model.encoder) / 1e6:.2f}M params (D={cfg.feature_dim}), {args.objective} "
+        f"{type(head).__name__} {count_parameters(head) / 1e6:.2f}M; device {dev}; world {world}; batch {args.batch}/process")
     log(f"run folder: {run}; registry folder: {out}")
 
     loop = TrainLoop(args, run, state, modules, optims, main_proc, log,
                      lr_epoch_fields(opt, args.batch * world, len(train_u8)), epoch_line)
+
+    def object_ae_step(step):
+        sc.set_lr(opt, sc.lr_at(step, args.steps, args.lr, args.warmup))
+        idx = sc.take(len(train_u8), args.batch, gen)
+        x = sc.to_unit(train_u8[idx], dev.torch_device)
+        m = masks[idx].to(dev.torch_device, x.dtype)
+        flip = torch.rand(len(x), generator=gen) < 0.5
+        x[flip], m[flip] = x[flip].flip(-1), m[flip].flip(-1)
+        # the input's background is swapped (ramped in), the target never has one: only the
+        # object's appearance, position and size are worth encoding
+        ramp = min(1.0, step / args.aug_ramp) if args.aug_ramp > 0 else 1.0
+        v = swap_background(x, m, bank, args.bg_swap * ramp, gen, dev.torch_device) if bank is not None else x
+        with dev.autocast():
+            pred = ddp(v)
+        loss, mse, bce = object_ae_loss(pred.float(), x, m)
+        sc.backward_step(loss, opt, scaler)
+        return {"loss": loss.detach(), "mse": mse.detach(), "bce": bce.detach()}
 
     def train_step(step):
         sc.set_lr(opt, sc.lr_at(step, args.steps, args.lr, args.warmup))
@@ -233,7 +314,8 @@ def main(argv=None) -> int:
                    f"size probe R2 {m['size_probe_r2']}")
 
     model.train()
-    step = loop.run(state["step"], args.steps, train_step, evaluate_now)
+    step = loop.run(state["step"], args.steps, train_step if args.objective == "simclr" else object_ae_step,
+                    evaluate_now)
     if step is None:
         return 1
 
