@@ -180,6 +180,23 @@ def test_gan_resume_continues_from_the_saved_step(scene_models, tmp_path):
         scene_gan.main([*common, "--steps", str(saved + 2), "--resume", "--ch", "8"])
 
 
+def test_gan_recon_term_is_trained_and_recorded(scene_models, tmp_path):
+    from soundsight_train import scene_gan
+
+    run, out = tmp_path / "run", tmp_path / "gan-recon"
+    common = _common(scene_models, run, out) + ["--image-encoder", str(scene_models["fv"]), "--size", "64"]
+    assert scene_gan.main([*common, "--steps", "2", "--recon", "5", "--recon-pool", "8"]) == 0
+    records = [r for r in _curve(run) if "loss_g" in r]
+    assert records and all(r["recon"] > 0 for r in records)
+    for r in records:  # G's loss is the hinge term -D(G) plus the weighted L1 term
+        assert r["loss_g"] == pytest.approx(-r["d_fake"] + 5 * r["recon"], abs=1e-3)
+    assert _card(out)["training"]["recon"] == {"weight": 5.0, "pool": 8, "loss": "L1 of average-pooled images"}
+    plain = _common(scene_models, tmp_path / "run2", tmp_path / "plain")
+    assert scene_gan.main([*plain, "--image-encoder", str(scene_models["fv"]), "--size", "64", "--steps", "1"]) == 0
+    assert _card(tmp_path / "plain")["training"]["recon"] is None
+    assert all("recon" not in r for r in _curve(tmp_path / "run2"))
+
+
 def test_audio_encoder_resume_keeps_the_front_end_statistics(scene_models, tmp_path):
     from soundsight import registry
     from soundsight_train import scene_audio_encoder
