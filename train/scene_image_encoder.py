@@ -210,11 +210,15 @@ def write_registry(out, encoder, cfg, args, state, metrics, data):
                 "images_seen": state["step"] * args.batch * state["world"], "seconds": round(state["elapsed"], 1),
                 "device": state["device"], "optimizer": {"type": "AdamW", "lr": args.lr, "weight_decay": args.wd,
                                                          "schedule": f"warm-up {args.warmup} + cosine"},
-                "temperature": args.temperature, "augment": {"crop_area": [args.crop_min, 1.0], "flip": True,
-                                                             "background_swap": args.bg_swap,
-                                                             "local_view": args.local_view, "ramp_steps": args.aug_ramp,
-                                                             "colour_jitter": args.jitter, "greyscale": 0.2},
                 "curve": "curve.jsonl in the run folder"}
+    if args.objective == "simclr":
+        training.update(temperature=args.temperature,
+                        augment={"crop_area": [args.crop_min, 1.0], "flip": True, "background_swap": args.bg_swap,
+                                 "local_view": args.local_view, "ramp_steps": args.aug_ramp,
+                                 "colour_jitter": args.jitter, "greyscale": 0.2})
+    else:  # the input's only augmentations; the decoder is not shipped
+        training.update(augment={"flip": True, "background_swap": args.bg_swap, "ramp_steps": args.aug_ramp},
+                        loss="MSE to the object(s) over grey (object pixels weight 5) + 0.1 x mask BCE")
     sc.save_registry(out, args, encoder, cfg, task=IMAGE_TASK, architecture=IMAGE_ARCHITECTURE, training=training,
                      metrics=metrics, data=data,
                      description=f"scene-gen image encoder f_V: ResNet-style, {cfg.image_size} px -> "
