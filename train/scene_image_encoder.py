@@ -89,7 +89,10 @@ class ObjectAE(nn.Module):
         return self.decoder(self.encoder(x))
 
 
-def object_ae_loss(pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, object_weight: float = 4.0):
+OBJECT_WEIGHT = 4.0  # extra weight of object pixels in the object-ae loss
+
+
+def object_ae_loss(pred: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, object_weight: float = OBJECT_WEIGHT):
     """Mean squared error to the object(s) over grey — object pixels weighted ``1 + object_weight``
     because they are a small part of most images — plus the mask's binary cross-entropy."""
     target = x * mask + 0.5 * (1 - mask)
@@ -218,7 +221,7 @@ def write_registry(out, encoder, cfg, args, state, metrics, data):
                                  "colour_jitter": args.jitter, "greyscale": 0.2})
     else:  # the input's only augmentations; the decoder is not shipped
         training.update(augment={"flip": True, "background_swap": args.bg_swap, "ramp_steps": args.aug_ramp},
-                        loss="MSE to the object(s) over grey (object pixels weight 5) + 0.1 x mask BCE")
+                        loss=f"MSE to the object(s) over grey (object pixels weight {1 + OBJECT_WEIGHT:g}) + 0.1 x mask BCE")
     sc.save_registry(out, args, encoder, cfg, task=IMAGE_TASK, architecture=IMAGE_ARCHITECTURE, training=training,
                      metrics=metrics, data=data,
                      description=f"scene-gen image encoder f_V: ResNet-style, {cfg.image_size} px -> "
