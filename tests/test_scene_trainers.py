@@ -197,6 +197,19 @@ def test_gan_recon_term_is_trained_and_recorded(scene_models, tmp_path):
     assert all("recon" not in r for r in _curve(tmp_path / "run2"))
 
 
+def test_gan_feature_term_is_trained_and_recorded(scene_models, tmp_path):
+    from soundsight_train import scene_gan
+
+    run, out = tmp_path / "run", tmp_path / "gan-feat"
+    common = _common(scene_models, run, out) + ["--image-encoder", str(scene_models["fv"]), "--size", "64"]
+    assert scene_gan.main([*common, "--steps", "2", "--feat", "3"]) == 0
+    records = [r for r in _curve(run) if "loss_g" in r]
+    assert records and all(0 < r["feat"] < 2 for r in records)  # 1 - cosine of unit vectors
+    for r in records:  # G's loss is the hinge term -D(G) plus the weighted feature term
+        assert r["loss_g"] == pytest.approx(-r["d_fake"] + 3 * r["feat"], abs=1e-3)
+    assert _card(out)["training"]["feature_consistency"]["weight"] == 3.0
+
+
 def test_audio_encoder_resume_keeps_the_front_end_statistics(scene_models, tmp_path):
     from soundsight import registry
     from soundsight_train import scene_audio_encoder

@@ -14,7 +14,9 @@ itself. Hinge loss, Adam with betas (0, 0.999), G lr 1e-4 / D lr 4e-4 (two time-
 inputs of D (small data), exponential moving average of G's weights (``--ema``; the EMA copy
 is the model written to the registry). ``--recon W`` adds W times the L1 distance between
 G(z, z_V(i)) and image i, both average-pooled ``--recon-pool`` times (a coarse layout term, as
-pix2pix's L1; 0 = off, the IC-GAN loss alone).
+pix2pix's L1; 0 = off, the IC-GAN loss alone). ``--feat W`` adds W times (1 - cosine) between
+f_V(G(z, z_V)) and z_V, back-propagated through the frozen f_V: a feature-consistency term that
+makes G draw what its condition encodes (0 = off).
 
 Evaluation at the end (and every ``--eval-every`` steps): one sample per val condition, FID-lite
 (Fréchet distance in f_V's pooled feature space to the real val images; the train→val distance
@@ -64,6 +66,9 @@ def parse(argv=None):
                     help="weight of an L1 term between G(z, z_V(i)) and image i, both average-pooled by "
                          "--recon-pool (0: off, the pure IC-GAN loss)")
     ap.add_argument("--recon-pool", type=int, default=4, help="pooling factor of the --recon term")
+    ap.add_argument("--feat", type=float, default=0.0,
+                    help="weight of a feature-consistency term 1 - cos(f_V(G(z, z_V)), z_V) through the frozen "
+                         "f_V (0: off)")
     ap.add_argument("--ema", type=float, default=0.999, help="EMA decay of G's weights (0: no EMA)")
     ap.add_argument("--ema-start", type=int, default=500, help="copy G into the EMA until this step")
     ap.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
@@ -123,7 +128,9 @@ def write_registry(out, G, cfg, args, state, metrics, data, enc_folder):
                 "ema": args.ema, "weights": "EMA of G" if args.ema > 0 else "G", "neighbours": args.neighbours,
                 "diffaugment": args.diffaug,
                 "recon": {"weight": args.recon, "pool": args.recon_pool, "loss": "L1 of average-pooled images"}
-                if args.recon > 0 else None, "curve": "curve.jsonl in the run folder; samples.png"}
+                if args.recon > 0 else None,
+                "feature_consistency": {"weight": args.feat, "loss": "1 - cos(f_V(G(z, z_V)), z_V), f_V frozen"}
+                if args.feat > 0 else None, "curve": "curve.jsonl in the run folder; samples.png"}
     sc.save_registry(out, args, G, cfg, task=TASK, architecture=ARCHITECTURE, training=training, metrics=metrics,
                      data=data, extra={"conditioning": {"image_encoder": sc.model_ref(enc_folder)}},
                      description=f"scene-gen GAN back end: IC-GAN-style generator G(z_N, z_V), {cfg.image_size} px, "
@@ -138,6 +145,7 @@ def main(argv=None) -> int:
     folder, (train, val) = sc.scene_splits(args.data, "train", "val")
     train_u8, val_u8 = sc.images_nchw(train, args.size), sc.images_nchw(val, args.size)
     encoder, enc_folder = sc.load_image_encoder(args.image_encoder, dev)
+    encoder.eval()  # frozen, BN in inference mode: --feat back-propagates through it
     feats, feats_flip, val_f = sc.conditioning_features(encoder, train_u8, val_u8, dev, log)
     nbrs = knn_indices(feats, args.neighbours) if args.neighbours > 1 else None
 
@@ -218,11 +226,16 @@ def main(argv=None) -> int:
                 loss_recon = F.l1_loss(F.avg_pool2d(fake.float(), args.recon_pool),
                                        F.avg_pool2d(target.float(), args.recon_pool))
                 loss_g = loss_g + args.recon * loss_recon
+            if args.feat > 0:
+                loss_feat = 1 - (F.normalize(encoder((fake.float() + 1) / 2).float(), dim=-1) * h).sum(1).mean()
+                loss_g = loss_g + args.feat * loss_feat
         sc.backward_step(loss_g, opt_g, scaler)
         d_raw.requires_grad_(True)
         if G_ema is not None:  # step + 1: the step this call completes
             sc.ema_update(G_ema, G, args.ema if step + 1 > args.ema_start else 0.0)
         extra = {"recon": loss_recon.detach()} if args.recon > 0 else {}
+        if args.feat > 0:
+            extra["feat"] = loss_feat.detach()
         return {**extra, "loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
                 "d_real": logits[:len(x)].detach().float().mean(), "d_fake": d_fake.detach().float().mean()}
 
