@@ -3,7 +3,8 @@ in waveform and ir mode, next to the baselines, on the rooms dataset's unseen ro
 metrics of ``soundsight_train.eval_rematch``: STFT distance, RT60 and DRR error of the effective
 IR measured by deconvolution).
 
-    python benchmarks/eval_rematch_modes.py [--model rooms-avitar-16k] [--n 60] [--split unseen] [--json out.json]
+    python benchmarks/eval_rematch_modes.py [--model rooms-avitar-16k] [--params-model rooms-params-128] [--n 60]
+        [--split unseen] [--json out.json]      # --model none: only the params row
 
 Needs the rooms dataset (``python -m soundsight_train.rooms build``). The evaluation runs at
 16 kHz (the dataset's rate), so it compares what the modes do to the room's acoustics, not the
@@ -20,7 +21,8 @@ from pathlib import Path
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="rooms-avitar-16k")
+    ap.add_argument("--model", default="rooms-avitar-16k", help="AViTAR (waveform and ir mode rows); none: skip")
+    ap.add_argument("--params-model", default=None, help="room-acoustics model: adds the params mode row")
     ap.add_argument("--folder", default=None, help="rooms dataset folder (default: the newest)")
     ap.add_argument("--split", default="unseen", choices=("unseen", "seen"))
     ap.add_argument("--n", type=int, default=60)
@@ -37,18 +39,26 @@ def main(argv=None) -> int:
 
     folder = Path(a.folder) if a.folder else sorted(rooms.default_data_dir().glob("rooms-*r-s*/meta.json"),
                                                      key=lambda p: p.stat().st_mtime)[-1].parent
-    mf = registry.resolve(a.model, task="acoustic-match")
-    model = registry.load(mf, "cpu")
-    step = mf.card.get("training", {}).get("steps")
-    extra = {f"{mf.name}, waveform mode": ev.from_rematch(evaluation_method(model, "waveform")),
-             f"{mf.name}, ir mode": ev.from_rematch(evaluation_method(model, "ir"))}
+    extra, info = {}, {}
+    if a.model != "none":
+        mf = registry.resolve(a.model, task="acoustic-match")
+        model = registry.load(mf, "cpu")
+        step = mf.card.get("training", {}).get("steps")
+        extra.update({f"{mf.name}, waveform mode": ev.from_rematch(evaluation_method(model, "waveform")),
+                      f"{mf.name}, ir mode": ev.from_rematch(evaluation_method(model, "ir"))})
+        info.update(model=mf.name, steps=step)
+        print(f"model {mf.name} (training steps: {step}, sha256 {mf.sha256()[:12]}), dataset {folder.name}")
+    if a.params_model:
+        pf = registry.resolve(a.params_model, task="room-acoustics")
+        extra.update(ev.params_methods(registry.load(pf, "cpu")))
+        info.update(params_model=pf.name)
+        print(f"params model {pf.name} (sha256 {pf.sha256()[:12]}), dataset {folder.name}")
     res = ev.evaluate(folder, split=a.split, n=a.n, extra=extra, log=lambda *x: None)
-    print(f"model {mf.name} (training steps: {step}, sha256 {mf.sha256()[:12]}), dataset {folder.name}")
     print(ev.markdown(res))
     if a.json:
         res.pop("per_item", None)
         res.pop("blind_per_item", None)
-        Path(a.json).write_text(json.dumps({"model": mf.name, "steps": step, "dataset": folder.name, **res}, indent=1,
+        Path(a.json).write_text(json.dumps({**info, "dataset": folder.name, **res}, indent=1,
                                            default=float))
     return 0
 

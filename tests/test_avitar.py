@@ -310,7 +310,7 @@ def test_loaders_module_does_not_import_torch():
 
     code = "import sys, soundsight_plugins.acoustic_match.loaders as l; print('torch' in sys.modules, sorted(l.ARCHITECTURES))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False ['avitar', 'rt60-estimator']"
+    assert out.strip() == "False ['avitar', 'room-params', 'rt60-estimator']"
 
 
 def test_eval_rematch_rows_for_avitar_and_the_learned_rt60(tiny_rooms):

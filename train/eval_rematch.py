@@ -49,6 +49,7 @@ CLI::
 
     python -m soundsight_train.eval_rematch [--folder DIR] [--split unseen|seen|both] [--n 60] [--json out.json]
         [--avitar rooms-avitar-16k] [--avitar-no-image DIR] [--modes waveform,ir] [--rt60-model rooms-rt60-16k]
+        [--params-model rooms-params-128]   # adds the row of `rematch --room IMAGE --mode params`
     python -m soundsight_train.eval_rematch calibrate   # refit the blind estimator (seen rooms only)
 """
 
@@ -148,6 +149,18 @@ def avitar_methods(model, name: str = "AViTAR", modes=("waveform", "ir"), tail_s
         label = name if mode == "waveform" and len(modes) == 1 else f"{name} ({mode} mode)"
         rows[label] = from_rematch(rematch_fn(model, tail_s=tail_s, mode=mode))
     return rows
+
+
+PARAMS_ROW = "picture -> parameters -> synthetic IR (--mode params)"
+
+
+def params_methods(model) -> dict[str, Method]:
+    """The row of ``rematch --room --mode params`` (``rematch.params_evaluation_method``: the
+    picture model's octave RT60s + DRR, the blind reverberator's synthesis, the command's
+    convolution)."""
+    from soundsight_plugins.acoustic_match.rematch import params_evaluation_method
+
+    return {PARAMS_ROW: from_rematch(params_evaluation_method(model))}
 
 
 def make_items(ds: rooms_mod.RoomsData, split: str = "unseen", n: int | None = None, seed: int = 0,
@@ -377,6 +390,8 @@ def main(argv=None) -> int:
     ap.add_argument("--avitar", default=None, help="AViTAR model (name or folder) to add as rows")
     ap.add_argument("--avitar-no-image", default=None, help="its no-image ablation (name or folder)")
     ap.add_argument("--modes", default="waveform,ir", help="AViTAR output modes to report: waveform, ir or both")
+    ap.add_argument("--params-model", default=None,
+                    help="room-acoustics model (picture -> RT60s + DRR; name or folder): adds the --mode params row")
     ap.add_argument("--rt60-model", default=None,
                     help="learned RT60 estimator (name or folder): adds its RT60 error on every row's output")
     ap.add_argument("--card", action="append", default=[],
@@ -402,6 +417,10 @@ def main(argv=None) -> int:
         m, f = load_learned(args.avitar, "avitar")
         extra.update(avitar_methods(m, "AViTAR", modes))
         models["avitar"] = {"name": f.name, "path": str(f.path), "sha256": f.sha256()}
+    if args.params_model:
+        m, f = load_learned(args.params_model, "room-params")
+        extra.update(params_methods(m))
+        models["params"] = {"name": f.name, "path": str(f.path), "sha256": f.sha256()}
     rt60_fn = None
     if args.rt60_model:
         m, f = load_learned(args.rt60_model, "rt60-estimator")

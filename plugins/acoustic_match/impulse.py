@@ -3,6 +3,8 @@
 - ``ir_from_reference``: the blind reverberator: octave RT60s + DRR of a reverberant recording
   (``acoustics.blind_estimate``) shape exponentially decaying noise (``acoustics.synthetic_ir``)
   at the input's rate.
+- ``ir_from_params``: the same synthesis from given parameters (``--room`` in params mode: the
+  ones a picture model predicts, ``picture_params``).
 - ``ir_from_file``: a measured IR at the input's rate (trailing silence cut).
 - ``ir_from_model``: the model renders one excerpt of the input (``EXCERPT_S``, the most active
   stretch of the first ``SCAN_S``; plus ``IR_MAX_S`` of silence for the tail); the effective IR
@@ -79,16 +81,23 @@ def ir_from_reference(path, sr: int, *, seed: int = 0) -> tuple[np.ndarray, IRIn
     if float(np.max(np.abs(x))) < SILENT_PEAK:
         raise InputError(f"{path} is silent; nothing to estimate its room from")
     est = ac.blind_estimate(x, ac.BLIND_SR)
-    h = ac.synthetic_ir(est.rt60_bands, est.drr_db, sr, seed=seed)
-    rt, rts, drr = _measure_ir(h, sr)
-    info = IRInfo("like", sr, len(h) / sr, rt, rts, drr, extra={
-        "reference": {"path": str(path), "rt60": json_num(est.rt60), "drr_db": json_num(est.drr_db),
-                      "rt60_bands": {str(k): json_num(v) for k, v in est.rt60_bands.items()},
-                      "decays_seen": est.n_decays}})
+    h, info = ir_from_params(est.rt60_bands, est.drr_db, sr, source="like", seed=seed)
+    info.extra["reference"] = {"path": str(path), "rt60": json_num(est.rt60), "drr_db": json_num(est.drr_db),
+                               "rt60_bands": {str(k): json_num(v) for k, v in est.rt60_bands.items()},
+                               "decays_seen": est.n_decays}
     if est.n_decays < 50:
         info.warn(f"{path}: few sound decays to measure ({est.n_decays}); the room estimate leans on its priors "
                   "(a few seconds of speech with pauses works best)")
     return h, info
+
+
+def ir_from_params(rt60_bands: dict, drr_db: float, sr: int, *, source: str, seed: int = 0,
+                   extra: Optional[dict] = None) -> tuple[np.ndarray, IRInfo]:
+    """The blind reverberator's synthesis: octave RT60s ``{centre Hz: s}`` + DRR (dB) -> exponentially
+    decaying noise with a direct impulse (``acoustics.synthetic_ir``) at ``sr``, and what it measures."""
+    h = ac.synthetic_ir(rt60_bands, drr_db, sr, seed=seed)
+    rt, rts, drr = _measure_ir(h, sr)
+    return h, IRInfo(source, sr, len(h) / sr, rt, rts, drr, extra=dict(extra or {}))
 
 
 def ir_from_file(path, sr: int, channels: int) -> tuple[np.ndarray, IRInfo]:
@@ -306,3 +315,36 @@ def ir_from_model(render, model_sr: int, excerpt: np.ndarray, sr: int, *, seed: 
                       "truncated_at_s": json_num(cut), "excerpt_s": round(len(excerpt) / model_sr, 2)},
         "extension": ext})
     return full, info
+
+
+# =============================================================================================
+# params mode: a picture -> the blind reverberator's parameters
+
+
+PARAMS_DRR_RANGE = (-25.0, 30.0)  # dB: what synthetic_ir can reach with its 4 ms onset, and then some
+
+
+def picture_params(model, image) -> dict:
+    """``model`` (``room_params_net.RoomParamsNet``) on a picture (``image_tensor`` of it at the
+    model's size): ``{"rt60": s, "rt60_bands": {250: s, ...}, "drr_db": dB}``."""
+    import torch
+
+    with torch.inference_mode():
+        p = model.estimate(image.to(next(model.parameters()).device))[0]
+    values = [p["rt60"], p["drr_db"], *p["rt60_bands"].values()]
+    if not all(np.isfinite(v) for v in values):
+        raise ModelError("the room-acoustics model returned NaN or infinite parameters")
+    return p
+
+
+def ir_from_picture(model, image, sr: int, *, seed: int = 0) -> tuple[np.ndarray, IRInfo]:
+    """Params mode: the picture model's octave RT60s + DRR rendered by the blind reverberator's
+    synthesis at ``sr``; the prediction is recorded under ``predicted``."""
+    p = picture_params(model, image)
+    drr = float(np.clip(p["drr_db"], *PARAMS_DRR_RANGE))
+    h, info = ir_from_params(p["rt60_bands"], drr, sr, source="room", seed=seed, extra={"predicted": {
+        "rt60": json_num(p["rt60"]), "drr_db": json_num(p["drr_db"]),
+        "rt60_bands": {str(k): json_num(v) for k, v in p["rt60_bands"].items()}}})
+    if drr != p["drr_db"]:
+        info.warn(f"the predicted DRR {p['drr_db']:.1f} dB is outside {PARAMS_DRR_RANGE}; using {drr:.1f} dB")
+    return h, info

@@ -6,7 +6,9 @@ come back in eval mode with their config as ``model.cfg``:
 - ``avitar``: ``model.sample_rate`` (16000), ``model.image_size`` and
   ``model.match(wave (B, 1, T), image (B, 3, S, S) in [0, 1]) -> (B, 1, T)``;
 - ``rt60-estimator``: ``model.sample_rate`` and ``model.estimate(wave (B, 1, T)) -> RT60 (B,)``
-  in seconds (speech band).
+  in seconds (speech band);
+- ``room-params``: ``model.image_size`` and ``model.estimate(image (B, 3, S, S) in [0, 1])`` ->
+  per picture ``{"rt60", "rt60_bands", "drr_db"}`` (the blind reverberator's parameters).
 
 Nothing here imports torch at module level (``soundsight --help`` stays light).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 AVITAR = "avitar"
 RT60 = "rt60-estimator"
+ROOM_PARAMS = "room-params"
 
 
 def _torch_device(device):
@@ -37,10 +40,18 @@ def load_rt60(folder, device=None):
     return RT60Net.from_registry(folder, _torch_device(device))
 
 
+def load_room_params(folder, device=None):
+    from .room_params_net import RoomParamsNet
+
+    return RoomParamsNet.from_registry(folder, _torch_device(device))
+
+
 # architecture -> (task, loader, default model name, description)
 ARCHITECTURES = {
     AVITAR: ("acoustic-match", load_avitar, "rooms-avitar-16k",
              "AViTAR visual acoustic matching: 16 kHz speech + room picture -> speech in that room"),
     RT60: ("rt60-estimation", load_rt60, "rooms-rt60-16k",
            "blind speech-band RT60 from reverberant speech (CNN on log-mel spectrograms)"),
+    ROOM_PARAMS: ("room-acoustics", load_room_params, "rooms-params-128",
+                  "picture of a room -> octave RT60s + DRR for the blind reverberator (rematch --mode params)"),
 }

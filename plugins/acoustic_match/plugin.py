@@ -16,8 +16,9 @@ from soundsight.steps import Param, RecipeStep
 from .loaders import ARCHITECTURES
 
 DEFAULT_MODEL = "rooms-avitar-16k"
+DEFAULT_PARAMS_MODEL = "rooms-params-128"  # --mode params (task room-acoustics)
 ASSETS = Path(__file__).resolve().parent / "assets"
-MODES = ("waveform", "ir")
+MODES = ("waveform", "ir", "params")
 
 
 def _fmt_s(v) -> str:
@@ -37,6 +38,9 @@ def _summary(report: dict) -> list[str]:
         ref = ir.get("reference")
         if ref:
             lines.append(f"reference: RT60 {_fmt_s(ref['rt60'])}, DRR {ref['drr_db']:.1f} dB (blind estimate)")
+        pred = ir.get("predicted")
+        if pred:
+            lines.append(f"picture: RT60 {_fmt_s(pred['rt60'])}, DRR {pred['drr_db']:.1f} dB (predicted by the model)")
         lines.append(f"impulse response: RT60 {_fmt_s(ir['rt60_speech'])} (speech band), DRR "
                      + ("n/a" if ir["drr_db"] is None else f"{ir['drr_db']:.1f} dB") + f", {ir['length_s']:.2f} s")
     est = report.get("estimates")
@@ -55,7 +59,8 @@ def run(params: dict, *, force: bool, device, estimates: bool, extra_provenance:
 
     req = Request(audio=params["audio"], room=params.get("room"), like=params.get("like"), ir=params.get("ir"),
                   out=params.get("out"), mode=params.get("mode"), mix=params.get("mix", 1.0),
-                  model=params.get("model") or DEFAULT_MODEL, report=params.get("report"), force=force,
+                  model=params.get("model") or DEFAULT_MODEL,
+                  params_model=params.get("params_model") or DEFAULT_PARAMS_MODEL, report=params.get("report"), force=force,
                   estimates=estimates)
     return run_rematch(req, device=device, extra_provenance=extra_provenance)
 
@@ -73,9 +78,12 @@ def register_commands(app):
                                            "wav, flac, ogg, mp3 or aiff."),
         mode: Optional[str] = typer.Option(None, "--mode", help="With --room: ir (default: the model's impulse "
                                            "response applied at full rate, keeps the band above 8 kHz) or waveform "
-                                           "(the model's 16 kHz output itself, as in the paper)."),
+                                           "(the model's 16 kHz output itself, as in the paper) or params (the picture "
+                                           "predicts octave RT60s + DRR, rendered like --like at full rate)."),
         mix: float = typer.Option(1.0, "--mix", help="Wet share, 0 (the input unchanged) .. 1 (only the re-rendered sound)."),
         model: str = typer.Option(DEFAULT_MODEL, "--model", help="Registry name or folder of an acoustic-match model."),
+        params_model: str = typer.Option(DEFAULT_PARAMS_MODEL, "--params-model", help="With --mode params: registry "
+                                         "name or folder of a room-acoustics (picture -> RT60s + DRR) model."),
         report: Optional[Path] = typer.Option(None, "--report", help="Also write a PNG: input and output spectrograms "
                                               "with their RT60 estimates."),
         as_json: bool = typer.Option(False, "--json", help="Print the estimates and what was written as JSON."),
@@ -89,7 +97,7 @@ def register_commands(app):
 
         params = {"audio": audio, "room": str(room) if room else None, "like": str(like) if like else None,
                   "ir": str(ir) if ir else None, "out": str(out) if out else None, "mode": mode, "mix": mix,
-                  "model": model, "report": str(report) if report else None}
+                  "model": model, "params_model": params_model, "report": str(report) if report else None}
         # the device is resolved (torch imported) only if the model runs: --like / --ir need neither
         rep = run(params, force=force, device=session.current().device, estimates=as_json or report is not None)
         if as_json:
@@ -116,9 +124,10 @@ def register_recipe_steps(register):
             "like": Param(str, kind="input", help="Reverberant recording of the target room (blind reverberator)."),
             "ir": Param(str, kind="input", help="Measured impulse response."),
             "out": Param(str, kind="output", required=True, help="Output audio."),
-            "mode": Param(str, choices=MODES, help="With room: ir (default) or waveform."),
+            "mode": Param(str, choices=MODES, help="With room: ir (default), waveform or params."),
             "mix": Param((int, float), default=1.0, help="Wet share 0..1."),
             "model": Param(str, default=DEFAULT_MODEL),
+            "params_model": Param(str, default=DEFAULT_PARAMS_MODEL, help="With mode params: the room-acoustics model."),
             "report": Param(str, kind="output", help="Optional PNG with spectrograms and RT60 estimates."),
         },
         help="Re-render speech for another room (picture, reverberant reference or measured IR).",

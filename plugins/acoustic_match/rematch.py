@@ -8,7 +8,10 @@ Three ways to get the room (exactly one per run):
   crossfades, resampled back to the input's rate (nothing above 8 kHz). ``mode="ir"`` (the
   default) runs the model on one excerpt only, deconvolves the effective impulse response of
   its output and continues it to the full band (``impulse.ir_from_model``), then convolves the
-  full-rate, full-band input with it.
+  full-rate, full-band input with it. ``mode="params"`` runs the picture model
+  (``room_params_net``, registry task ``room-acoustics``, ``Request.params_model``) instead: it
+  predicts the octave RT60s and DRR the blind reverberator takes, and the same synthesis
+  (``impulse.ir_from_picture``) renders the IR at the input's rate.
 - ``like`` (a reverberant recording of the target room): the blind reverberator
   (``impulse.ir_from_reference``).
 - ``ir`` (a measured impulse response file): resampled to the input's rate and convolved
@@ -34,11 +37,12 @@ from soundsight.errors import InputError, ModelError, OutputError
 
 from . import acoustics as ac
 from .impulse import (MODEL_INPUT_RMS, SCAN_S, active_rms, choose_excerpt, image_tensor, ir_from_file, ir_from_model,
-                      ir_from_reference, model_renderer)
+                      ir_from_picture, ir_from_reference, model_renderer)
 from .render import (BLOCK_S, MIN_SECONDS, SILENT_PEAK, ConvolutionEngine, ModelEngine, PedalboardConvolver,
                      first_seconds, to_mono, json_num, render)
 
-MODES = ("waveform", "ir")
+MODES = ("waveform", "ir", "params")
+PARAMS_MODEL = "rooms-params-128"  # --mode params: picture -> octave RT60s + DRR (task room-acoustics)
 SOURCES = ("room", "like", "ir")
 
 
@@ -118,6 +122,7 @@ class Request:
     mode: Optional[str] = None
     mix: float = 1.0
     model: str = "rooms-avitar-16k"
+    params_model: str = PARAMS_MODEL
     report: Optional[str] = None
     force: bool = False
     estimates: bool = True
@@ -135,9 +140,9 @@ def validate(req: Request) -> tuple[str, str]:
     src = req.source()
     mode = req.mode
     if mode is not None and mode not in MODES:
-        raise InputError(f"--mode must be waveform or ir, got {mode!r}")
-    if src != "room" and mode == "waveform":
-        raise InputError(f"--mode waveform needs the model (--room IMAGE); --{src} always convolves (mode ir)")
+        raise InputError(f"--mode must be waveform, ir or params, got {mode!r}")
+    if src != "room" and mode in ("waveform", "params"):
+        raise InputError(f"--mode {mode} needs a picture (--room IMAGE); --{src} always convolves (mode ir)")
     mode = mode or "ir"
     if not (isinstance(req.mix, (int, float)) and 0.0 <= float(req.mix) <= 1.0):
         raise InputError(f"--mix must be between 0 and 1, got {req.mix}")
@@ -215,6 +220,23 @@ def load_room_model(name: str, device):
     return folder, model, device
 
 
+def load_params_model(name: str, device):
+    """The picture -> room-acoustics model of ``--mode params`` (``device`` as for ``load_room_model``)."""
+    from soundsight import registry
+
+    try:
+        folder = registry.resolve(name, task="room-acoustics")
+    except ModelError as exc:
+        raise ModelError(f"--mode params needs a room-acoustics model ({exc}); python -m soundsight_train.room_params "
+                         f"trains one, --params-model picks another") from None
+    device = device() if callable(device) else device
+    model = registry.load(folder, device)
+    for attr in ("image_size", "estimate"):
+        if not hasattr(model, attr):
+            raise ModelError(f"model {folder.name} has no {attr!r}; not a room-acoustics model")
+    return folder, model
+
+
 def estimates(capture_in: np.ndarray, capture_out: np.ndarray, sr: int) -> dict:
     """Blind RT60/DRR of input and output (first minute) and the output's effective RT60
     against the input (deconvolution: the input is the dry reference)."""
@@ -290,6 +312,13 @@ def run_rematch(req: Request, *, device=None, extra_provenance: Optional[dict] =
 
         with _option_named("--room"):
             picture = load_image(req.room)  # a bad picture fails before the model loads
+    if src == "room" and mode == "params":
+        folder, pmodel = load_params_model(req.params_model, device)
+        model_name = folder.name
+        models = {folder.name: folder.provenance()}
+        ir, info = ir_from_picture(pmodel, image_tensor(picture, int(pmodel.image_size)), sr)
+        engine = ConvolutionEngine(ir, C)
+    elif src == "room":
         folder, model, device = load_room_model(req.model, device)
         model_name = folder.name
         models = {folder.name: folder.provenance()}
@@ -312,7 +341,7 @@ def run_rematch(req: Request, *, device=None, extra_provenance: Optional[dict] =
         del scan
     prov = make_provenance(models=models, seed=0, params={
         "audio": req.audio, "room": req.room, "like": req.like, "ir": req.ir, "mode": mode, "mix": float(req.mix),
-        "model": model_name})
+        "model": model_name, **({"params_model": req.params_model} if mode == "params" else {})})
     prov.update(extra_provenance or {})
     open_sink = audio_sink(out, sr, C, _out_subtype(sound, out), prov)
     res = render(lambda: sound.blocks(req.block_s), engine, sr, C, mix=float(req.mix), open_sink=open_sink,
@@ -378,6 +407,17 @@ def rematch_array(dry: np.ndarray, sr: int, *, ir: Optional[np.ndarray] = None, 
     outs.append(engine.finish())
     y = np.concatenate(outs, axis=1)
     return y[0] if np.ndim(dry) == 1 else y
+
+
+def params_evaluation_method(model):
+    """``fn(dry, image_uint8, sr) -> wet`` for params mode: the picture model's parameters, the
+    blind reverberator's synthesis at ``sr``, the command's convolution."""
+
+    def fn(dry, image, sr):
+        h, _ = ir_from_picture(model, image_tensor(image, int(model.image_size)), sr)
+        return rematch_array(dry, sr, ir=h)
+
+    return fn
 
 
 def evaluation_method(model, mode: str = "ir", device=None):

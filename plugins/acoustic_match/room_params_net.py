@@ -1,0 +1,159 @@
+"""A picture of a room -> its acoustic parameters (the blind reverberator's, from an image).
+
+Outputs exactly what ``acoustics.blind_estimate`` gives the blind reverberator and
+``acoustics.synthetic_ir`` renders: the speech-band RT60 (177 Hz .. 5.7 kHz, the number reported
+across methods), one RT60 per octave of ``acoustics.BLIND_BANDS`` (250 Hz .. 4 kHz) and the
+direct-to-reverberant ratio (dB, +-2.5 ms window). RT60s are predicted in log seconds (they
+span a decade, errors are relative), DRR in units of ``DRR_SCALE`` dB so both terms of the loss
+have a similar size.
+
+Network: a small ResNet (GroupNorm, so a prediction never depends on the rest of the batch):
+a 3 x 3 stride-2 stem, four stages of one basic block each (widths w, 2w, 4w, 8w; each stage
+halves the resolution), global mean and max pooling (room size is a global property; a
+window or curtain is a local one), a two-layer head. At w = 16: 0.32 M parameters (any input size; trained at 128 px).
+``estimate`` averages the picture and its mirror image (a mirrored room sounds the same).
+
+Only torch is imported.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ARCHITECTURE = "room-params"
+TASK = "room-acoustics"
+BANDS = (250, 500, 1000, 2000, 4000)  # == acoustics.BLIND_BANDS (asserted in the tests)
+RT60_NAMES = ("rt60_speech",) + tuple(f"rt60_{b}" for b in BANDS)
+OUTPUTS = RT60_NAMES + ("drr",)
+DRR_SCALE = 10.0  # dB per output unit
+
+
+@dataclass
+class RoomParamsConfig:
+    image_size: int = 128
+    width: int = 16
+    hidden: int = 64
+    dropout: float = 0.1
+    # output offsets (the training set's means: log seconds, DRR in DRR_SCALE units)
+    init_log_rt60: float = math.log(0.7)
+    init_drr: float = -0.65
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "RoomParamsConfig":
+        presets = {"tiny": dict(width=4, hidden=8, image_size=32), "cpu": dict()}
+        if name not in presets:
+            raise ValueError(f"unknown preset {name!r}; choose from {', '.join(presets)}")
+        return cls(**{**presets[name], **overrides})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RoomParamsConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _norm(c: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, max(1, c // 4)), c)
+
+
+class BasicBlock(nn.Module):
+    """Two 3 x 3 convs with a residual; the first conv strides (and a 1 x 1 conv matches the
+    shortcut) when the resolution or width changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.n1 = _norm(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.n2 = _norm(cout)
+        self.short = None
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _norm(cout))
+
+    def forward(self, x):
+        h = F.relu(self.n1(self.c1(x)))
+        h = self.n2(self.c2(h))
+        return F.relu(h + (x if self.short is None else self.short(x)))
+
+
+class RoomParamsNet(nn.Module):
+    def __init__(self, cfg: RoomParamsConfig):
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.width
+        self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 2, 1, bias=False), _norm(w), nn.ReLU())
+        widths = [w, 2 * w, 4 * w, 8 * w]
+        blocks, c = [], w
+        for k, cout in enumerate(widths):
+            blocks.append(BasicBlock(c, cout, 1 if k == 0 else 2))
+            c = cout
+        self.body = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.Linear(2 * c, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
+                                  nn.Linear(cfg.hidden, len(OUTPUTS)))
+        nn.init.zeros_(self.head[-1].weight)  # start at the offsets: the training set's means
+        with torch.no_grad():
+            self.head[-1].bias[: len(RT60_NAMES)] = cfg.init_log_rt60
+            self.head[-1].bias[len(RT60_NAMES):] = cfg.init_drr
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.image_size
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @classmethod
+    def from_state(cls, config: dict, state: dict, device=None) -> "RoomParamsNet":
+        model = cls(RoomParamsConfig.from_dict(config))
+        model.load_state_dict(state)
+        if device is not None:
+            model = model.to(device)
+        return model.eval()
+
+    @classmethod
+    def from_registry(cls, folder, device=None) -> "RoomParamsNet":
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        return cls.from_state(folder.config, folder.tensors("model.safetensors", device="cpu"), dev)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) in [0, 1] -> (B, len(OUTPUTS)): log RT60s (s), then DRR / DRR_SCALE."""
+        x = (image - 0.5) / 0.25
+        h = self.body(self.stem(x)).flatten(2)
+        return self.head(torch.cat([h.mean(-1), h.amax(-1)], dim=1))
+
+    @torch.no_grad()
+    def estimate(self, image: torch.Tensor) -> list[dict]:
+        """Per picture: ``{"rt60": s (speech band), "rt60_bands": {250: s, ..., 4000: s},
+        "drr_db": dB}``, averaged over the picture and its mirror image."""
+        was = self.training
+        self.eval()
+        out = 0.5 * (self.forward(image) + self.forward(torch.flip(image, dims=[-1])))
+        self.train(was)
+        return [decode(row) for row in out.float().cpu()]
+
+
+def decode(row) -> dict:
+    """One output row -> seconds and dB."""
+    v = [float(x) for x in row]
+    n = len(RT60_NAMES)
+    return {"rt60": math.exp(v[0]), "rt60_bands": {b: math.exp(v[1 + k]) for k, b in enumerate(BANDS)},
+            "drr_db": v[n] * DRR_SCALE}
+
+
+def encode(rt60_speech: float, bands: dict, drr_db: float) -> list[float]:
+    """Targets in the network's units (the inverse of ``decode``)."""
+    return ([math.log(rt60_speech)] + [math.log(float(bands[b] if b in bands else bands[str(b)])) for b in BANDS]
+            + [drr_db / DRR_SCALE])
+
+
+def loss_fn(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 on log RT60s (mean over the six) + L1 on DRR / DRR_SCALE."""
+    n = len(RT60_NAMES)
+    return (pred[:, :n] - target[:, :n]).abs().mean() + (pred[:, n:] - target[:, n:]).abs().mean()

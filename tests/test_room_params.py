@@ -1,0 +1,211 @@
+"""`rematch --room IMAGE --mode params`: the picture -> room-acoustics regressor
+(``room_params_net``), its trainer (tiny path), the command end to end and the evaluation row.
+Tiny models only; never the shipped one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+torch = pytest.importorskip("torch")
+
+from support import assert_user_error, run_cli  # noqa: E402
+
+from soundsight_plugins.acoustic_match import acoustics as ac  # noqa: E402
+from soundsight_plugins.acoustic_match import impulse, loaders  # noqa: E402
+from soundsight_plugins.acoustic_match.room_params_net import (BANDS, OUTPUTS, RoomParamsConfig,  # noqa: E402
+                                                               RoomParamsNet, decode, encode, loss_fn)
+
+from test_avitar import tiny_rooms  # noqa: E402,F401  (the 4-room dataset fixture)
+
+ASSETS = Path(__file__).resolve().parents[1] / "plugins" / "acoustic_match" / "assets"
+
+
+def _tiny(seed=0, **kw) -> RoomParamsNet:
+    torch.manual_seed(seed)
+    return RoomParamsNet(RoomParamsConfig.preset("tiny", **kw))
+
+
+def _pictures(size=32):
+    """Two plain pictures that a tiny model can tell apart: a bright room and a dark one."""
+    g = torch.Generator().manual_seed(0)
+    bright = 0.8 + 0.1 * torch.rand(1, 3, size, size, generator=g)
+    dark = 0.15 + 0.1 * torch.rand(1, 3, size, size, generator=g)
+    return bright, dark
+
+
+@pytest.fixture(scope="module")
+def taught():
+    """A tiny model taught that the bright picture is a dry room (RT60 0.3 s, DRR +3 dB) and the
+    dark one a reverberant room (RT60 1.2 s, DRR -8 dB)."""
+    m = _tiny(dropout=0.0)
+    bright, dark = _pictures()
+    x = torch.cat([bright, dark])
+    y = torch.tensor([encode(0.3, {b: 0.3 for b in BANDS}, 3.0), encode(1.2, {b: 1.2 for b in BANDS}, -8.0)])
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = loss_fn(m(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def params_home(tmp_path_factory, taught):
+    from soundsight.registry import save_model
+
+    home = tmp_path_factory.mktemp("home")
+    save_model(home / "models" / "tiny-params", name="tiny-params", task="room-acoustics", architecture="room-params",
+               config=taught.cfg.to_dict(), tensors={"model.safetensors": taught.state_dict()})
+    return home
+
+
+def test_outputs_are_the_blind_reverberators_parameters_and_shapes():
+    assert BANDS == ac.BLIND_BANDS  # synthetic_ir renders exactly what blind_estimate gives
+    m = _tiny().eval()
+    assert m(torch.rand(3, 3, 32, 32)).shape == (3, len(OUTPUTS)) == (3, 7)
+    assert m(torch.rand(1, 3, 48, 48)).shape == (1, 7)  # any input size (global pooling)
+    est = m.estimate(torch.rand(2, 3, 32, 32))
+    assert len(est) == 2 and set(est[0]) == {"rt60", "rt60_bands", "drr_db"} and list(est[0]["rt60_bands"]) == list(BANDS)
+    # an untrained model predicts its offsets (the training means)
+    assert est[0]["rt60"] == pytest.approx(0.7, rel=1e-4) and est[0]["drr_db"] == pytest.approx(-6.5, abs=1e-3)
+    row = encode(0.8, {str(b): 0.1 * (k + 1) for k, b in enumerate(BANDS)}, -4.0)
+    d = decode(torch.tensor(row))
+    assert d["rt60"] == pytest.approx(0.8) and d["rt60_bands"][4000] == pytest.approx(0.5) and d["drr_db"] == pytest.approx(-4.0)
+    big = RoomParamsNet(RoomParamsConfig.preset("cpu"))
+    assert 0.2e6 < big.num_parameters() < 0.5e6 and big.image_size == 128
+    # a mirrored room sounds the same: estimate() is mirror-invariant
+    x = torch.rand(1, 3, 32, 32)
+    a, b = m.estimate(x)[0], m.estimate(torch.flip(x, dims=[-1]))[0]
+    assert a["rt60"] == pytest.approx(b["rt60"], rel=1e-5)
+
+
+def test_one_training_step_lowers_the_loss():
+    m = _tiny(dropout=0.0)
+    x = torch.rand(4, 3, 32, 32)
+    y = torch.tensor([encode(r, {b: r for b in BANDS}, d) for r, d in ((0.3, 2.0), (0.5, -3.0), (1.0, -7.0), (1.6, -12.0))])
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    before = loss_fn(m(x), y)
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after = loss_fn(m(x), y)
+    assert float(after) < float(before.detach())
+
+
+def test_tiny_trainer_writes_a_loadable_registry_folder_and_resumes(tiny_rooms, tmp_path):  # noqa: F811
+    from soundsight.registry import resolve
+    from soundsight_train import room_params
+
+    out, run = tmp_path / "params-tiny", tmp_path / "run"
+    rc = room_params.main(["--tiny", "--data", str(tiny_rooms), "--out", str(out), "--run-dir", str(run), "--threads", "1"])
+    assert rc == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["architecture"] == "room-params" and card["task"] == "room-acoustics"
+    assert card["training"]["steps"] == 6 and card["training"]["outputs"] == list(OUTPUTS)
+    assert "espeak-ng (synthetic speech)" in card["data"]["licences"]
+    m = card["metrics"]["val_seen_rooms"]
+    assert {"model", "baseline_training_mean", "reference_eyring_true_geometry"} <= set(m)
+    assert m["model"]["n"] >= 1 and np.isfinite(m["model"]["rt60_speech_mae_s"])
+    assert list(run.glob("views-1-*.npz")), "the extra views are cached in the run folder"
+    task, load, default_name, _ = loaders.ARCHITECTURES["room-params"]
+    assert task == "room-acoustics" and default_name == "rooms-params-128"
+    model = load(resolve(out), "cpu")
+    assert not model.training and model.image_size == 32
+    est = model.estimate(torch.rand(1, 3, 32, 32))[0]
+    assert 0.02 < est["rt60"] < 30 and np.isfinite(est["drr_db"])
+    rc = room_params.main(["--tiny", "--steps", "8", "--data", str(tiny_rooms), "--out", str(out), "--run-dir", str(run),
+                           "--threads", "1", "--resume"])
+    assert rc == 0 and json.loads((out / "card.json").read_text())["training"]["steps"] == 8
+
+
+def test_targets_are_what_the_evaluation_scores(tiny_rooms):  # noqa: F811
+    from soundsight_train import rooms
+    from soundsight_train.room_params import measure_targets
+
+    ds = rooms.RoomsData(tiny_rooms)
+    for r in ds.room_ids("all"):
+        t, stored = measure_targets(ds, r), ds.rooms[r]["acoustics"]
+        assert t["rt60_speech"] == pytest.approx(stored["rt60_speech"], abs=2e-3)
+        assert t["drr"] == pytest.approx(stored["drr"], abs=2e-2)
+        assert t["rt60_bands"][1000] == pytest.approx(stored["rt60_bands"]["1000"], abs=2e-3)
+
+
+def test_a_more_reverberant_prediction_gives_a_longer_synthesized_rt60(taught):
+    bright, dark = _pictures()
+    p_dry, p_wet = impulse.picture_params(taught, bright), impulse.picture_params(taught, dark)
+    assert p_dry["rt60"] == pytest.approx(0.3, rel=0.15) and p_wet["rt60"] == pytest.approx(1.2, rel=0.15)
+    h_dry, i_dry = impulse.ir_from_picture(taught, bright, 44100)
+    h_wet, i_wet = impulse.ir_from_picture(taught, dark, 44100)
+    # the synthesis honours the prediction: measured on the IR itself
+    assert i_dry.rt60_speech == pytest.approx(p_dry["rt60"], rel=0.15)
+    assert i_wet.rt60_speech == pytest.approx(p_wet["rt60"], rel=0.15)
+    assert i_wet.rt60_speech > 2.5 * i_dry.rt60_speech and len(h_wet) > len(h_dry)
+    assert i_dry.drr_db == pytest.approx(p_dry["drr_db"], abs=0.5) and i_wet.drr_db < i_dry.drr_db - 5
+    assert i_wet.extra["predicted"]["rt60_bands"].keys() == {str(b) for b in BANDS}
+
+
+def _png(path: Path, value: float) -> Path:
+    from PIL import Image
+
+    Image.fromarray(np.full((40, 56, 3), int(255 * value), np.uint8)).save(path)
+    return path
+
+
+def test_rematch_params_mode_end_to_end(params_home, tmp_path):
+    voice, sr = sf.read(str(ASSETS / "voice.flac"), dtype="float32")
+    sf.write(str(tmp_path / "voice.wav"), np.stack([voice, 0.5 * voice]).T, sr, subtype="PCM_16")
+    env = {"SOUNDSIGHT_HOME": str(params_home)}
+    reps = {}
+    for name, value in (("dry", 0.85), ("wet", 0.2)):
+        out = tmp_path / f"{name}.flac"
+        r = run_cli("rematch", tmp_path / "voice.wav", "--room", _png(tmp_path / f"{name}.png", value), "--mode", "params",
+                    "--params-model", "tiny-params", "--out", out, "--json", env=env)
+        assert r.code == 0, r.err
+        rep = json.loads(r.out)
+        y, ysr = sf.read(str(out), dtype="float32", always_2d=True)
+        assert ysr == sr and y.shape[1] == 2  # sample rate and channels kept
+        assert rep["mode"] == "params" and rep["model"] == "tiny-params" and rep["tail_s"] > 0.1
+        assert y.shape[0] > len(voice) and rep["output_duration_s"] > rep["input_duration_s"]
+        assert rep["ir"]["source"] == "room" and set(rep["ir"]["predicted"]) == {"rt60", "drr_db", "rt60_bands"}
+        side = json.loads(Path(str(out) + ".soundsight.json").read_text())
+        assert "tiny-params" in side["models"] and side["params"]["params_model"] == "tiny-params"
+        reps[name] = rep
+    assert reps["wet"]["ir"]["predicted"]["rt60"] > 2.5 * reps["dry"]["ir"]["predicted"]["rt60"]
+    assert reps["wet"]["tail_s"] > reps["dry"]["tail_s"]
+    # the output really is more reverberant: measured against the input by deconvolution
+    assert (reps["wet"]["estimates"]["output_vs_input"]["rt60_speech"]
+            > 2 * reps["dry"]["estimates"]["output_vs_input"]["rt60_speech"])
+
+
+def test_params_mode_errors(params_home, tmp_path):
+    png = _png(tmp_path / "room.png", 0.5)
+    voice = ASSETS / "voice.flac"
+    out = tmp_path / "o.wav"
+    r = run_cli("rematch", voice, "--room", png, "--mode", "params", "--params-model", "no-such-model", "--out", out,
+                env={"SOUNDSIGHT_HOME": str(params_home)})
+    assert_user_error(r, "room-acoustics model", "no-such-model")
+    assert not out.exists()
+    r = run_cli("rematch", voice, "--like", voice, "--mode", "params", "--out", out)
+    assert_user_error(r, "--mode params needs a picture")
+    # an acoustic-match model is not a room-acoustics one
+    r = run_cli("rematch", voice, "--room", png, "--mode", "params", "--params-model", "rooms-avitar-16k", "--out", out)
+    assert r.code == 2 and not out.exists()
+
+
+def test_eval_rematch_params_row(tiny_rooms, params_home, capsys):  # noqa: F811
+    from soundsight_train import eval_rematch as ev
+
+    rc = ev.main(["--folder", str(tiny_rooms), "--split", "unseen", "--n", "1", "--params-model",
+                  str(params_home / "models" / "tiny-params")])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert f"| {ev.PARAMS_ROW} |" in text
+    with pytest.raises(SystemExit):
+        ev.main(["--folder", str(tiny_rooms), "--params-model", "rooms-rt60-16k"])  # wrong architecture

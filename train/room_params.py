@@ -1,0 +1,484 @@
+"""Train the picture -> room acoustics regressor (``room_params_net.RoomParamsNet``) and write a
+registry folder (``rematch --room IMAGE --mode params`` renders its predictions with the blind
+reverberator's synthesis).
+
+Data (``soundsight_train.rooms``): one picture per room. Targets are measured on each room's true
+RIR with the functions the evaluation scores with (``acoustics.rt60_schroeder`` on the speech
+band and per octave 250 Hz .. 4 kHz, ``acoustics.drr_db``; the same calls as ``rooms.measure``,
+checked against the stored values). Seen rooms only: a seeded ``--val-rooms`` of them pick the
+best step (model selection), the rest train; unseen rooms are only scored at the end (the card's
+metrics), never looked at during training.
+
+340 pictures are little, so each step sees augmented pictures whose acoustics are unchanged:
+
+- extra views (``--views`` per training room, rendered once by ``rooms.render_room`` and cached
+  in the run folder): the same microphone position (the RIR does not change) with the camera
+  turned (yaw +-6 deg, pitch +-2 deg, field of view +-4 deg), new texture seeds and surface
+  colours redrawn from the same material classes' palettes (the RIR depends on the material, not
+  its colour);
+- mirror image, a random crop of 80-100 % of the side resized back, mild brightness / contrast /
+  per-channel gain jitter.
+
+Loss: L1 on log RT60 (speech band + 5 octaves) + L1 on DRR / 10 dB. AdamW, warm-up then cosine
+decay over whichever budget (steps or ``--max-minutes``) ends first. Checkpoints (``--resume``)
+and ``curve.jsonl`` in the run folder.
+
+    OMP_NUM_THREADS=1 python -m soundsight_train.room_params --threads 1 --max-minutes 12 \\
+        --out models/rooms-params-128 --run-dir runs/room-params-128
+    python -m soundsight_train.room_params --evaluate --out models/rooms-params-128   # card metrics again
+    python -m soundsight_train.room_params --tiny --out /tmp/params-tiny              # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from soundsight_plugins.acoustic_match import acoustics as ac
+from soundsight_plugins.acoustic_match.room_params_net import (ARCHITECTURE, BANDS, OUTPUTS, TASK, RoomParamsConfig,
+                                                               RoomParamsNet, decode, encode, loss_fn)
+from soundsight_train import rooms as rooms_mod
+from soundsight_train.avitar import DATA_LICENCES, find_rooms
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def measure_targets(ds: rooms_mod.RoomsData, room: int) -> dict:
+    """What the evaluation scores, measured on the room's true RIR (as ``rooms.measure`` does)."""
+    h = ds.rir(room)
+    sr = ds.sr
+    return {"rt60_speech": ac.rt60_schroeder(h, sr, band=ac.SPEECH_BAND, noise_comp=False),
+            "rt60_bands": ac.rt60_bands(h, sr, centers=BANDS, noise_comp=False),
+            "drr": ac.drr_db(h, sr)}
+
+
+def targets_for(ds, room_ids) -> tuple[torch.Tensor, list[dict]]:
+    meas = [measure_targets(ds, r) for r in room_ids]
+    for r, m in zip(room_ids, meas):  # the stored values were measured the same way
+        stored = ds.rooms[r]["acoustics"]
+        if abs(m["rt60_speech"] - stored["rt60_speech"]) > 2e-3 or abs(m["drr"] - stored["drr"]) > 2e-2:
+            raise SystemExit(f"error: room {r}: measured targets {m} disagree with the dataset's {stored}")
+    y = torch.tensor([encode(m["rt60_speech"], m["rt60_bands"], m["drr"]) for m in meas], dtype=torch.float32)
+    return y, meas
+
+
+def split_seen(ds, val_rooms: int, seed: int) -> tuple[list[int], list[int]]:
+    seen = ds.room_ids("seen")
+    order = np.random.default_rng([seed, 11]).permutation(len(seen))
+    n_val = min(val_rooms, max(1, len(seen) // 4))
+    val = sorted(seen[k] for k in order[:n_val])
+    train = sorted(seen[k] for k in order[n_val:])
+    return train, val
+
+
+def jittered_room(room: dict, rng) -> dict:
+    """The same room (same microphone, speaker, geometry, materials: the same RIR) seen with the
+    camera turned a little, other texture seeds and colours redrawn from the classes' palettes."""
+    r = json.loads(json.dumps(room))
+    cam = r["camera"]
+    cam["yaw"] = float(cam["yaw"] + np.deg2rad(rng.uniform(-6, 6)))
+    cam["pitch"] = float(cam["pitch"] + np.deg2rad(rng.uniform(-2, 2)))
+    cam["hfov"] = float(np.clip(cam["hfov"] + np.deg2rad(rng.uniform(-4, 4)), np.deg2rad(60), np.deg2rad(85)))
+    r["texture_seed"] = int(rng.integers(2 ** 31))
+    r["colours"] = {s: rooms_mod._palette(rng, r["classes"][s], s) for s in rooms_mod.SURFACES}
+    return r
+
+
+def extra_views(ds, room_ids: list[int], views: int, run: Path, seed: int, log=print) -> np.ndarray:
+    """uint8 (len(room_ids), views, S, S, 3), rendered once and cached in the run folder."""
+    S = int(ds.meta.get("image_size", rooms_mod.IMAGE_SIZE))
+    if views <= 0:
+        return np.zeros((len(room_ids), 0, S, S, 3), np.uint8)
+    key = hashlib.sha256(json.dumps([ds.folder.name, room_ids, views, seed, S]).encode()).hexdigest()[:12]
+    cache = run / f"views-{views}-{key}.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            return z["views"]
+    t0 = time.time()
+    out = np.zeros((len(room_ids), views, S, S, 3), np.uint8)
+    for i, r in enumerate(room_ids):
+        rng = np.random.default_rng([seed, 13, r])
+        for v in range(views):
+            out[i, v] = rooms_mod.render_room(jittered_room(ds.rooms[r], rng), size=S)
+    run.mkdir(parents=True, exist_ok=True)
+    tmp = run / f".{cache.name}.tmp.npz"
+    np.savez_compressed(tmp, views=out)
+    tmp.rename(cache)
+    log(f"rendered {len(room_ids) * views} extra views in {time.time() - t0:.0f} s (cached: {cache})")
+    return out
+
+
+def to_tensor(images: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 (..., S, S, 3) -> float (N, 3, size, size) in [0, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images.reshape(-1, *images.shape[-3:]))).permute(0, 3, 1, 2).float() / 255
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Mirror, random crop (80-100 % of the side, resized back), brightness/contrast/colour gain."""
+    B, _, S, _ = x.shape
+    out = torch.empty_like(x)
+    flip = torch.rand(B, generator=gen) < 0.5
+    for i in range(B):
+        img = x[i]
+        if flip[i]:
+            img = torch.flip(img, dims=[-1])
+        c = int(round(S * float(0.8 + 0.2 * torch.rand(1, generator=gen))))
+        if c < S:
+            top = int(torch.randint(0, S - c + 1, (1,), generator=gen))
+            left = int(torch.randint(0, S - c + 1, (1,), generator=gen))
+            img = F.interpolate(img[None, :, top: top + c, left: left + c], size=(S, S), mode="bilinear",
+                                align_corners=False)[0]
+        out[i] = img
+    bright = 1 + 0.15 * (2 * torch.rand(B, 1, 1, 1, generator=gen) - 1)
+    contrast = 1 + 0.15 * (2 * torch.rand(B, 1, 1, 1, generator=gen) - 1)
+    gain = 1 + 0.05 * (2 * torch.rand(B, 3, 1, 1, generator=gen) - 1)
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = ((out - mean) * contrast + mean) * bright * gain
+    return out.clamp(0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+
+
+def eyring_predictions(ds, room_ids, calib: dict | None = None) -> list[dict]:
+    """Physics reference from the dataset's *true* geometry and materials (not from the picture):
+    Eyring RT60 per octave (stored in the metadata), the speech band as the geometric mean of the
+    250 Hz .. 4 kHz octaves, DRR from the critical distance (r_c = 0.057 sqrt(V / T), DRR =
+    20 log10(r_c / r)). ``calib`` (fitted on the training rooms): the median log-ratio per RT60
+    and the median offset of DRR."""
+    out = []
+    for r in room_ids:
+        m = ds.rooms[r]
+        ey = dict(zip((125, 250, 500, 1000, 2000, 4000, 8000), m["eyring_rt60"]))
+        bands = {b: float(ey[b]) for b in BANDS}
+        speech = float(np.exp(np.mean(np.log(list(bands.values())))))
+        V = float(np.prod(m["dims"]))
+        drr = 20 * math.log10(0.057 * math.sqrt(V / speech) / max(float(m["distance"]), 0.1))
+        if calib:
+            bands = {b: v * math.exp(calib[f"log_rt60_{b}"]) for b, v in bands.items()}
+            speech *= math.exp(calib["log_rt60"])
+            drr += calib["drr"]
+        out.append({"rt60": speech, "rt60_bands": bands, "drr_db": drr})
+    return out
+
+
+def fit_eyring_calibration(ds, room_ids, truths: list[dict]) -> dict:
+    raw = eyring_predictions(ds, room_ids)
+    cal = {"log_rt60": float(np.median([math.log(t["rt60_speech"] / p["rt60"]) for p, t in zip(raw, truths)])),
+           "drr": float(np.median([t["drr"] - p["drr_db"] for p, t in zip(raw, truths)]))}
+    for b in BANDS:
+        cal[f"log_rt60_{b}"] = float(np.median([math.log(t["rt60_bands"][b] / p["rt60_bands"][b])
+                                                for p, t in zip(raw, truths)]))
+    return cal
+
+
+def regression_metrics(preds: list[dict], truths: list[dict]) -> dict:
+    ps = np.array([p["rt60"] for p in preds])
+    ts = np.array([t["rt60_speech"] for t in truths])
+    pb = np.array([[p["rt60_bands"][b] for b in BANDS] for p in preds])
+    tb = np.array([[t["rt60_bands"][b] if b in t["rt60_bands"] else t["rt60_bands"][str(b)] for b in BANDS]
+                   for t in truths])
+    pd, td = np.array([p["drr_db"] for p in preds]), np.array([t["drr"] for t in truths])
+
+    def corr(a, b):
+        return round(float(np.corrcoef(a, b)[0, 1]), 4) if len(a) > 2 and np.std(a) > 0 else None
+
+    return {"n": int(len(ts)),
+            "rt60_speech_mae_s": round(float(np.mean(np.abs(ps - ts))), 4),
+            "rt60_speech_median_ae_s": round(float(np.median(np.abs(ps - ts))), 4),
+            "rt60_speech_rel_mae": round(float(np.mean(np.abs(ps - ts) / ts)), 4),
+            "rt60_speech_corr": corr(ps, ts),
+            "rt60_octave_mae_s": round(float(np.mean(np.abs(pb - tb))), 4),
+            "rt60_band_mae_s": {str(b): round(float(np.mean(np.abs(pb[:, k] - tb[:, k]))), 4) for k, b in enumerate(BANDS)},
+            "drr_mae_db": round(float(np.mean(np.abs(pd - td))), 3),
+            "drr_corr": corr(pd, td),
+            "true_rt60_speech_mean_s": round(float(ts.mean()), 4)}
+
+
+@torch.no_grad()
+def predict(model: RoomParamsNet, images: torch.Tensor, batch: int = 64) -> list[dict]:
+    out = []
+    for i in range(0, len(images), batch):
+        out += model.estimate(images[i: i + batch])
+    return out
+
+
+def mean_predictor(y_train: torch.Tensor, n: int) -> list[dict]:
+    return [decode(y_train.mean(dim=0))] * n
+
+
+def all_metrics(model, ds, train_ids, y_train, train_truth, eval_sets: dict, size: int) -> dict:
+    """Model and baselines on each named set of rooms ({name: (room ids, truths)})."""
+    calib = fit_eyring_calibration(ds, train_ids, train_truth)
+    res = {}
+    for name, (ids, truths) in eval_sets.items():
+        imgs = to_tensor(np.stack([ds.image(r) for r in ids]), size)
+        res[name] = {
+            "model": regression_metrics(predict(model, imgs), truths),
+            "baseline_training_mean": regression_metrics(mean_predictor(y_train, len(ids)), truths),
+            "reference_eyring_true_geometry": regression_metrics(eyring_predictions(ds, ids), truths),
+            "reference_eyring_true_geometry_calibrated": regression_metrics(eyring_predictions(ds, ids, calib), truths),
+        }
+    res["eyring_calibration_on_training_rooms"] = calib
+    res["notes"] = ("baseline_training_mean: the training rooms' mean (log RT60s, DRR); reference_eyring_*: Eyring "
+                    "RT60 and critical-distance DRR from the dataset's true dimensions, materials and speaker distance "
+                    "(an oracle-ish physics reference, not available from a picture); _calibrated: its median bias "
+                    "on the training rooms removed")
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints (weights as safetensors; optimiser state via torch.save, loaded weights_only)
+
+
+def save_checkpoint(run: Path, model, best_state, opt, state: dict) -> None:
+    import shutil
+
+    from safetensors.torch import save_file
+
+    ck, tmp, old = run / "ckpt", run / ".ckpt.tmp", run / ".ckpt.old"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in best_state.items()}, str(tmp / "best.safetensors"))
+    torch.save({"opt": opt.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
+    (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+    if ck.exists():
+        ck.rename(old)
+    tmp.rename(ck)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def load_checkpoint(ck: Path, model, opt) -> tuple[dict, dict]:
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(ck / "model.safetensors")))
+    best = load_file(str(ck / "best.safetensors"))
+    o = torch.load(ck / "optim.pt", map_location="cpu", weights_only=True)
+    opt.load_state_dict(o["opt"])
+    torch.set_rng_state(o["torch_rng"].cpu())
+    return json.loads((ck / "state.json").read_text()), best
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m soundsight_train.room_params", description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=None, help="rooms dataset folder or data dir (default: the newest)")
+    ap.add_argument("--preset", default="cpu", choices=["tiny", "cpu"])
+    ap.add_argument("--tiny", action="store_true", help="smoke run: tiny model, few steps, one extra view")
+    ap.add_argument("--out", required=True, help="registry folder to write (with --evaluate: the folder to evaluate)")
+    ap.add_argument("--run-dir", "--run", dest="run", default=None, help="checkpoints, curve, view cache "
+                    "(default runs/<out name>)")
+    ap.add_argument("--resume", action="store_true", help="continue from <run>/ckpt if it exists")
+    ap.add_argument("--evaluate", action="store_true", help="no training: re-score --out and update its card")
+    ap.add_argument("--name", default=None)
+    ap.add_argument("--steps", type=int, default=None, help="default 4000 (--tiny: 6)")
+    ap.add_argument("--max-minutes", type=float, default=None, help="training budget (view rendering not included)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--views", type=int, default=5, help="extra rendered views per training room (0: none)")
+    ap.add_argument("--val-rooms", type=int, default=40, help="seen rooms held out for model selection")
+    ap.add_argument("--val-every", type=int, default=50)
+    ap.add_argument("--ckpt-minutes", type=float, default=3.0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--log-every", type=int, default=50)
+    args = ap.parse_args(argv)
+    if args.tiny:
+        args.preset = "tiny"
+        args.steps = args.steps or 6
+        args.batch = min(args.batch, 4)
+        args.views = min(args.views, 1)
+        args.val_every = 3
+        args.log_every = 3
+    args.steps = args.steps or 4000
+    return args
+
+
+def write_registry(out: Path, model_state, cfg, args, state, metrics, folder, ds, command) -> None:
+    from soundsight.registry import save_model
+
+    save_model(
+        out, name=args.name or out.name, task=TASK, architecture=ARCHITECTURE, config=cfg.to_dict(),
+        tensors={"model.safetensors": model_state},
+        training={"command": command, "steps": state["step"], "best_step": state["best_step"],
+                  "best_val_loss": state["best_val"], "batch": args.batch, "seconds": round(state["elapsed"], 1),
+                  "view_rendering_seconds": state.get("views_seconds"), "device": "cpu",
+                  "threads": args.threads, "stopped_by": state.get("stopped_by"),
+                  "rooms": {"train": state["n_train"], "val (model selection)": state["n_val"],
+                            "extra views per training room": args.views},
+                  "optimizer": {"type": "AdamW", "lr": args.lr, "weight_decay": args.weight_decay,
+                                "schedule": "50-step warm-up, cosine to 5 % over the step or time budget"},
+                  "augmentation": "extra rendered views (camera turned, textures and colours redrawn within the "
+                                  "material classes: the RIR is unchanged), mirror, 80-100 % crops, brightness / "
+                                  "contrast / colour-gain jitter",
+                  "loss": "L1 on log RT60 (speech band + 250 Hz .. 4 kHz octaves) + L1 on DRR / 10 dB",
+                  "targets": "acoustics.rt60_schroeder (T30, speech band and octaves) and acoustics.drr_db of the "
+                             "true RIR", "outputs": list(OUTPUTS)},
+        metrics=metrics,
+        data={"dataset": f"synthetic rooms ({folder.name}): pictures of seen rooms",
+              "spec": ds.meta.get("spec"), "seed": ds.meta.get("seed"), "licences": DATA_LICENCES},
+        license="Apache-2.0",
+        description="A picture of a room -> its speech-band and octave RT60s (250 Hz .. 4 kHz) and DRR, the "
+                    "parameters the blind reverberator's synthetic impulse response takes (rematch --mode params); "
+                    "trained on synthetic rooms.",
+    )
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    command = "python -m soundsight_train.room_params " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    log = lambda *a: print(*a, flush=True)  # noqa: E731
+    folder = find_rooms(args.data, args.tiny)
+    ds = rooms_mod.RoomsData(folder)
+    out = Path(args.out)
+    run = Path(args.run) if args.run else Path("runs") / out.name
+    train_ids, val_ids = split_seen(ds, args.val_rooms, args.seed)
+    unseen_ids = ds.room_ids("unseen")
+    if args.tiny:  # a smoke run on whatever dataset is there: a handful of rooms
+        train_ids, val_ids, unseen_ids = train_ids[:8], val_ids[:4], unseen_ids[:4]
+    y_tr, truth_tr = targets_for(ds, train_ids)
+    y_val, truth_val = targets_for(ds, val_ids)
+    truth_unseen = targets_for(ds, unseen_ids)[1] if unseen_ids else []
+    eval_sets = {"val_seen_rooms": (val_ids, truth_val)}
+    if unseen_ids:
+        eval_sets["unseen_rooms"] = (unseen_ids, truth_unseen)
+
+    if args.evaluate:
+        from soundsight.outputs import write_bytes_atomic
+        from soundsight.registry import resolve
+
+        model = RoomParamsNet.from_registry(resolve(out))
+        metrics = all_metrics(model, ds, train_ids, y_tr, truth_tr, eval_sets, model.cfg.image_size)
+        log(json.dumps(metrics["unseen_rooms" if unseen_ids else "val_seen_rooms"], indent=1))
+        card = json.loads((out / "card.json").read_text())
+        card["metrics"] = metrics
+        write_bytes_atomic(out / "card.json", (json.dumps(card, indent=2) + "\n").encode())
+        return 0
+
+    m_log = y_tr[:, :6].mean().item()
+    cfg = RoomParamsConfig.preset(args.preset, init_log_rt60=round(m_log, 4), init_drr=round(y_tr[:, 6].mean().item(), 4))
+    model = RoomParamsNet(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    S = cfg.image_size
+    run.mkdir(parents=True, exist_ok=True)
+    state = {"step": 0, "elapsed": 0.0, "best_val": None, "best_step": 0, "config": cfg.to_dict(),
+             "dataset": str(folder), "n_train": len(train_ids), "n_val": len(val_ids)}
+    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    if args.resume and (run / "ckpt" / "state.json").is_file():
+        saved = json.loads((run / "ckpt" / "state.json").read_text())
+        if saved.get("config") != cfg.to_dict():
+            raise SystemExit(f"error: checkpoint {run / 'ckpt'} was trained with a different config; use another --run-dir")
+        state, best_state = load_checkpoint(run / "ckpt", model, opt)
+        log(f"resumed from {run / 'ckpt'} at step {state['step']}")
+
+    t0 = time.time()
+    views = extra_views(ds, train_ids, args.views, run, args.seed, log)
+    state["views_seconds"] = state.get("views_seconds") or round(time.time() - t0, 1)
+    base = to_tensor(np.stack([ds.image(r) for r in train_ids]), S)  # (N, 3, S, S)
+    extra = to_tensor(views, S).reshape(len(train_ids), args.views, 3, S, S) if args.views else None
+    x_val = to_tensor(np.stack([ds.image(r) for r in val_ids]), S)
+    log(f"data: {folder}: {len(train_ids)} training rooms (+{args.views} views each), {len(val_ids)} validation "
+        f"rooms (seen), {len(unseen_ids)} unseen rooms scored at the end")
+    log(f"model: {model.num_parameters()} parameters, {S} px; run folder {run}; registry folder {out}")
+
+    gen = torch.Generator().manual_seed(args.seed * 7919 + state["step"])
+    rng = np.random.default_rng([args.seed, state["step"]])
+    curve = open(run / "curve.jsonl", "a")
+    t_start = time.time() - state["elapsed"]
+    t_session = time.time()
+    last_ck = time.time()
+    acc, n_acc, step = 0.0, 0, state["step"]
+    stop = "steps"
+    model.train()
+    while step < args.steps:
+        if args.max_minutes is not None and time.time() - t_session > args.max_minutes * 60:
+            stop = "max-minutes"
+            break
+        frac = step / args.steps
+        if args.max_minutes:
+            frac = max(frac, (time.time() - t_session) / (args.max_minutes * 60))
+        scale = min(1.0, (step + 1) / 50) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+        for g in opt.param_groups:
+            g["lr"] = args.lr * scale
+        idx = rng.integers(0, len(train_ids), size=args.batch)
+        which = rng.integers(0, args.views + 1, size=args.batch)  # 0: the dataset's picture, k: extra view k
+        x = torch.stack([base[i] if w == 0 else extra[i, w - 1] for i, w in zip(idx, which)])
+        loss = loss_fn(model(augment(x, gen)), y_tr[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        acc += float(loss.detach())
+        n_acc += 1
+        if not math.isfinite(acc):
+            log(f"error: non-finite loss at step {step}")
+            return 1
+        now = time.time()
+        state.update(step=step, elapsed=now - t_start)
+        if step % args.val_every == 0 or step == args.steps:
+            model.eval()
+            with torch.no_grad():
+                pv = 0.5 * (model(x_val) + model(torch.flip(x_val, dims=[-1])))
+                val = float(loss_fn(pv, y_val))
+            model.train()
+            if state["best_val"] is None or val < state["best_val"]:
+                state.update(best_val=round(val, 5), best_step=step)
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            curve.write(json.dumps({"step": step, "val": round(val, 5), "elapsed": round(now - t_start, 1)}) + "\n")
+        if step % args.log_every == 0:
+            rec = {"step": step, "loss": round(acc / n_acc, 5), "lr": round(opt.param_groups[0]["lr"], 7),
+                   "elapsed": round(now - t_start, 1)}
+            curve.write(json.dumps(rec) + "\n")
+            curve.flush()
+            log(f"step {step}  loss {rec['loss']:.4f}  val best {state['best_val']} (step {state['best_step']})  "
+                f"[{rec['elapsed'] / 60:.1f} min]")
+            acc, n_acc = 0.0, 0
+        if now - last_ck > args.ckpt_minutes * 60:
+            save_checkpoint(run, model, best_state, opt, state)
+            last_ck = time.time()
+    curve.close()
+    state["stopped_by"] = stop
+    save_checkpoint(run, model, best_state, opt, state)
+    log(f"stopped ({stop}) at step {step} after {state['elapsed'] / 60:.1f} min; best validation loss "
+        f"{state['best_val']} at step {state['best_step']}")
+    final = RoomParamsNet(cfg)
+    final.load_state_dict(best_state)
+    final.eval()
+    metrics = all_metrics(final, ds, train_ids, y_tr, truth_tr, eval_sets, S)
+    for name in eval_sets:
+        m = metrics[name]
+        log(f"{name}: " + "; ".join(f"{k}: RT60 {v['rt60_speech_mae_s']:.3f} s, octaves {v['rt60_octave_mae_s']:.3f} s, "
+                                    f"DRR {v['drr_mae_db']:.2f} dB" for k, v in m.items()))
+    write_registry(out, best_state, cfg, args, state, metrics, folder, ds, command)
+    log(f"wrote registry model {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
