@@ -271,3 +271,16 @@ def test_ldm_stopped_in_the_autoencoder_phase_resumes_to_the_end(scene_models, t
     # the checkpoint's config carries the latent scale measured after phase 1, as the card does
     assert st["config"]["latent_scale"] == card["config"]["latent_scale"] > 0
     assert loaders.load_ldm(registry.resolve(out), "cpu").cfg.latent_scale == card["config"]["latent_scale"]
+
+
+@needs_diffusers
+def test_ldm_unet_widths_from_the_command_line_reach_the_card_and_the_loader(scene_models, tmp_path):
+    from soundsight import registry
+    from soundsight_train import scene_ldm
+
+    out = tmp_path / "ldm"
+    common = _common(scene_models, tmp_path / "run", out) + ["--image-encoder", str(scene_models["fv"])]
+    assert scene_ldm.main([*common, "--unet-channels", "8,24"]) == 0
+    assert _card(out)["config"]["unet_channels"] == [8, 24]
+    ldm = loaders.load_ldm(registry.resolve(out), "cpu")
+    assert ldm.cfg.unet_channels == (8, 24) and ldm.unet.config.block_out_channels == (8, 24)

@@ -60,6 +60,8 @@ def parse(argv=None):
     ap.add_argument("--wd", type=float, default=1e-2)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--unet-channels", default=None,
+                    help="UNet widths per level, comma-separated, e.g. 32,64,64 (default: the preset's)")
     ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance in the config (default 2)")
     ap.add_argument("--sample-steps", type=int, default=25)
     ap.add_argument("--eval-n", type=int, default=200)
@@ -158,6 +160,8 @@ def main(argv=None) -> int:
     feats, feats_flip, val_f = sc.conditioning_features(encoder, train_u8, val_u8, dev, log)
 
     overrides = {"guidance": args.guidance} if args.guidance is not None else {}
+    if args.unet_channels:
+        overrides["unet_channels"] = tuple(int(c) for c in args.unet_channels.split(","))
     cfg = LDMConfig.for_size(args.size, args.preset, feature_dim=encoder.cfg.feature_dim, **overrides)
     torch.manual_seed(args.seed)
     ldm = SceneLDM(cfg).to(dev.torch_device)
