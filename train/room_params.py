@@ -295,6 +295,9 @@ def parse(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="default 4000 (--tiny: 6)")
     ap.add_argument("--max-minutes", type=float, default=None, help="training budget (view rendering not included)")
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--image-size", type=int, default=None, help="network input (default: the preset's, 128)")
+    ap.add_argument("--width", type=int, default=None, help="network width (default: the preset's, 16)")
+    ap.add_argument("--stem-stride", type=int, default=None, choices=(2, 4), help="2 (default) or 4 (stem max-pool)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--views", type=int, default=5, help="extra rendered views per training room (0: none)")
@@ -382,7 +385,10 @@ def main(argv=None) -> int:
         return 0
 
     m_log = y_tr[:, :6].mean().item()
-    cfg = RoomParamsConfig.preset(args.preset, init_log_rt60=round(m_log, 4), init_drr=round(y_tr[:, 6].mean().item(), 4))
+    sizes = {k: v for k, v in (("image_size", args.image_size), ("width", args.width),
+                                ("stem_stride", args.stem_stride)) if v}
+    cfg = RoomParamsConfig.preset(args.preset, init_log_rt60=round(m_log, 4), init_drr=round(y_tr[:, 6].mean().item(), 4),
+                                  **sizes)
     model = RoomParamsNet(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     S = cfg.image_size
