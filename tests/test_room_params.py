@@ -79,6 +79,10 @@ def test_outputs_are_the_blind_reverberators_parameters_and_shapes():
     assert d["rt60"] == pytest.approx(0.8) and d["rt60_bands"][4000] == pytest.approx(0.5) and d["drr_db"] == pytest.approx(-4.0)
     big = RoomParamsNet(RoomParamsConfig.preset("cpu"))
     assert 0.2e6 < big.num_parameters() < 0.5e6 and big.image_size == 128
+    pooled = RoomParamsNet(RoomParamsConfig.preset("tiny", stem_stride=4)).eval()  # ResNet-style stem, same weights
+    assert pooled(torch.rand(2, 3, 32, 32)).shape == (2, 7) and pooled.num_parameters() == m.num_parameters()
+    with pytest.raises(ValueError):
+        RoomParamsNet(RoomParamsConfig.preset("tiny", stem_stride=3))
     # a mirrored room sounds the same: estimate() is mirror-invariant
     x = torch.rand(1, 3, 32, 32)
     a, b = m.estimate(x)[0], m.estimate(torch.flip(x, dims=[-1]))[0]
