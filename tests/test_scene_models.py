@@ -271,6 +271,29 @@ def test_gan_generation_is_deterministic_by_seed():
     assert G.sample_z(100, torch.Generator().manual_seed(0), truncation=0.5).abs().max() <= 0.5
 
 
+def test_standardised_conditioning_centres_the_features_and_separates_close_conditions():
+    from soundsight_plugins.scene_gen.conditioning import Standardize, feature_statistics
+
+    g = torch.Generator().manual_seed(0)
+    # features like real scenes': a shared direction plus a small individual part
+    common = torch.nn.functional.normalize(torch.randn(32, generator=g), dim=0)
+    feats = torch.nn.functional.normalize(common + 0.3 * torch.randn(200, 32, generator=g) / 32 ** 0.5, dim=1)
+    mean, scale = feature_statistics(feats[:100], feats[100:])
+    z = Standardize(mean, scale)(feats)
+    assert z.mean(0).abs().max() < 1e-5 and float(z.square().mean()) == pytest.approx(1.0, rel=1e-4)
+    assert torch.equal(Standardize(None, 1.0)(feats), feats)  # models trained without statistics
+    # the same G weights: with the statistics, two close conditions give more different images
+    torch.manual_seed(0)
+    plain = Generator(GANConfig.for_size(32, "tiny", feature_dim=32)).eval()
+    std = Generator(GANConfig.for_size(32, "tiny", feature_dim=32, norm_cond_mean=tuple(mean),
+                                       norm_cond_scale=scale)).eval()
+    std.load_state_dict(plain.state_dict())  # the statistics are config, not weights
+    zn = plain.sample_z(1, torch.Generator().manual_seed(1)).expand(2, -1)
+    spread = [float((G.generate(feats[:2], z=zn)[0] - G.generate(feats[:2], z=zn)[1]).abs().mean())
+              for G in (plain, std)]
+    assert spread[1] > 3 * spread[0]
+
+
 def test_paper_gan_width():
     cfg = GANConfig.for_size(128, "paper")
     assert (cfg.ch, cfg.z_dim, cfg.g_mult) == (96, 120, (16, 16, 8, 4, 2, 1))

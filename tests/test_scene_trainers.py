@@ -192,8 +192,10 @@ def test_gan_recon_term_is_trained_and_recorded(scene_models, tmp_path):
         assert r["loss_g"] == pytest.approx(-r["d_fake"] + 5 * r["recon"], abs=1e-3)
     assert _card(out)["training"]["recon"] == {"weight": 5.0, "pool": 8, "loss": "L1 of average-pooled images"}
     plain = _common(scene_models, tmp_path / "run2", tmp_path / "plain")
-    assert scene_gan.main([*plain, "--image-encoder", str(scene_models["fv"]), "--size", "64", "--steps", "1"]) == 0
+    assert scene_gan.main([*plain, "--image-encoder", str(scene_models["fv"]), "--size", "64", "--steps", "1",
+                           "--cond-norm", "none"]) == 0
     assert _card(tmp_path / "plain")["training"]["recon"] is None
+    assert _card(tmp_path / "plain")["config"]["norm_cond_mean"] is None
     assert all("recon" not in r for r in _curve(tmp_path / "run2"))
 
 
@@ -208,6 +210,8 @@ def test_gan_feature_term_is_trained_and_recorded(scene_models, tmp_path):
     for r in records:  # G's loss is the hinge term -D(G) plus the weighted feature term
         assert r["loss_g"] == pytest.approx(-r["d_fake"] + 3 * r["feat"], abs=1e-3)
     assert _card(out)["training"]["feature_consistency"]["weight"] == 3.0
+    cfg = _card(out)["config"]  # the conditioning statistics measured on the training features
+    assert len(cfg["norm_cond_mean"]) == cfg["feature_dim"] and cfg["norm_cond_scale"] > 1
 
 
 def test_audio_encoder_resume_keeps_the_front_end_statistics(scene_models, tmp_path):
@@ -270,6 +274,8 @@ def test_ldm_stopped_in_the_autoencoder_phase_resumes_to_the_end(scene_models, t
     assert card["training"]["vae_steps"] == 2 and card["training"]["unet_steps"] == 3
     # the checkpoint's config carries the latent scale measured after phase 1, as the card does
     assert st["config"]["latent_scale"] == card["config"]["latent_scale"] > 0
+    # the UNet had not started: the resumed run measured the conditioning statistics
+    assert len(card["config"]["norm_cond_mean"]) == card["config"]["feature_dim"]
     assert loaders.load_ldm(registry.resolve(out), "cpu").cfg.latent_scale == card["config"]["latent_scale"]
 
 

@@ -381,14 +381,51 @@ def batch_generator(seed: int, rank: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 7919 + rank + 1000003 * step)
 
 
-def resume_state(args, run: Path, config: dict, log) -> Path | None:
-    """The checkpoint folder to resume from (None for a fresh run); refuses a different config."""
+def _checkpoint_dir(args, run: Path) -> Path | None:
+    """Where --resume looks (None without --resume or, with ``auto``, when there is nothing yet)."""
     if not args.resume:
         return None
     ck = run / "ckpt" if args.resume == "auto" else Path(args.resume)
     if not (ck / "state.json").is_file():
         if args.resume != "auto":
             raise SystemExit(f"error: no checkpoint at {ck}")
+        return None
+    return ck
+
+
+def saved_state(args, run: Path) -> dict | None:
+    """The state (counters, config) of the checkpoint a --resume will load; None for a fresh run."""
+    ck = _checkpoint_dir(args, run)
+    return json.loads((ck / "state.json").read_text()) if ck is not None else None
+
+
+def add_cond_norm_arg(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--cond-norm", choices=["train", "none"], default="train",
+                    help="standardise the conditioning feature with the training features' mean and scale "
+                         "(stored in the model's config; see scene_gen/conditioning.py) or not")
+
+
+def conditioning_statistics(args, saved_config: dict | None, feats, feats_flip, log) -> dict:
+    """Config values norm_cond_mean / norm_cond_scale. A run that resumes the conditioned network
+    keeps its checkpoint's (none if it had none), so the condition's meaning never changes in
+    the middle of training; a fresh one measures them (unless --cond-norm none)."""
+    from soundsight_plugins.scene_gen.conditioning import feature_statistics
+
+    if saved_config is not None:
+        return {"norm_cond_mean": saved_config.get("norm_cond_mean"),
+                "norm_cond_scale": saved_config.get("norm_cond_scale", 1.0)}
+    if args.cond_norm == "none":
+        return {}
+    mean, scale = feature_statistics(feats, feats_flip)
+    log(f"conditioning standardised: training features' mean (norm {float(torch.tensor(mean).norm()):.3f}) "
+        f"subtracted, scaled by {scale:.2f}")
+    return {"norm_cond_mean": mean, "norm_cond_scale": scale}
+
+
+def resume_state(args, run: Path, config: dict, log) -> Path | None:
+    """The checkpoint folder to resume from (None for a fresh run); refuses a different config."""
+    ck = _checkpoint_dir(args, run)
+    if ck is None:
         return None
     saved = json.loads((ck / "state.json").read_text()).get("config", {})
     diff = {k: (saved.get(k), v) for k, v in config.items()

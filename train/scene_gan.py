@@ -73,6 +73,7 @@ def parse(argv=None):
     ap.add_argument("--ema-start", type=int, default=500, help="copy G into the EMA until this step")
     ap.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                     help="channels-last memory format (auto: on for CPU, where it is faster)")
+    sc.add_cond_norm_arg(ap)
     ap.add_argument("--eval-every", type=int, default=1000)
     ap.add_argument("--eval-n", type=int, default=500, help="val conditions in the evaluation")
     return sc.parse_with_tiny(ap, argv, dict(preset="tiny", size=32, steps=3, batch=4, eval_every=2, eval_n=8,
@@ -150,6 +151,8 @@ def main(argv=None) -> int:
     nbrs = knn_indices(feats, args.neighbours) if args.neighbours > 1 else None
 
     overrides = {k: v for k, v in {"ch": args.ch, "d_ch": args.d_ch}.items() if v}
+    saved = sc.saved_state(args, run)
+    overrides.update(sc.conditioning_statistics(args, saved and saved["config"], feats, feats_flip, log))
     cfg = GANConfig.for_size(args.size, args.preset, feature_dim=encoder.cfg.feature_dim, **overrides)
     cl = args.channels_last == "on" or (args.channels_last == "auto" and dev.type == "cpu")
     mf = torch.channels_last if cl else torch.contiguous_format

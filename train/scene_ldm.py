@@ -62,6 +62,7 @@ def parse(argv=None):
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--unet-channels", default=None,
                     help="UNet widths per level, comma-separated, e.g. 32,64,64 (default: the preset's)")
+    sc.add_cond_norm_arg(ap)
     ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance in the config (default 2)")
     ap.add_argument("--sample-steps", type=int, default=25)
     ap.add_argument("--eval-n", type=int, default=200)
@@ -162,6 +163,10 @@ def main(argv=None) -> int:
     overrides = {"guidance": args.guidance} if args.guidance is not None else {}
     if args.unet_channels:
         overrides["unet_channels"] = tuple(int(c) for c in args.unet_channels.split(","))
+    saved = sc.saved_state(args, run)
+    # only the UNet reads the condition: a run stopped in the autoencoder phase may still set it up
+    keep = saved["config"] if saved is not None and saved.get("phase") != "vae" else None
+    overrides.update(sc.conditioning_statistics(args, keep, feats, feats_flip, log))
     cfg = LDMConfig.for_size(args.size, args.preset, feature_dim=encoder.cfg.feature_dim, **overrides)
     torch.manual_seed(args.seed)
     ldm = SceneLDM(cfg).to(dev.torch_device)

@@ -5,7 +5,8 @@ repositories).
 
 Generator ``Generator``
     z_N (``z_dim``) is split into ``len(blocks) + 1`` equal chunks (BigGAN's hierarchical
-    latent). The conditioning feature z_V (D-dim, unit-normalised here) is projected by one
+    latent). The conditioning feature z_V (D-dim, unit-normalised here, then standardised with
+    the training features' statistics when the config has them: conditioning.py) is projected by one
     linear layer to a ``shared_dim`` embedding (IC-GAN's replacement of the class embedding).
     Chunk 0 → a spectrally normalised linear layer → 4x4 x C0. Each up-block (BigGAN residual
     block): CBN → ReLU → 2x nearest upsample → 3x3 conv → CBN → ReLU → 3x3 conv, plus an
@@ -34,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
+from .conditioning import Standardize
 from .encoders import _from_dict, count_parameters  # noqa: F401  (re-exported)
 
 ARCHITECTURE = "scene-icgan"
@@ -58,6 +60,9 @@ class GANConfig:
     d_attn_res: int = 32  # self-attention in D at this resolution (0: none)
     normalize_features: bool = True  # unit-normalise z_V inside (IC-GAN uses normalised features)
     bn_eps: float = 1e-4
+    # training features' mean and 1 / RMS, applied after unit-normalising (conditioning.py); None: off
+    norm_cond_mean: tuple | None = None
+    norm_cond_scale: float = 1.0
 
     @classmethod
     def for_size(cls, size: int, preset: str = "cpu", **overrides) -> "GANConfig":
@@ -157,6 +162,7 @@ class Generator(nn.Module):
         cfg.check()
         self.cfg = cfg
         chans = [cfg.ch * m for m in cfg.g_mult]
+        self.standardize = Standardize(cfg.norm_cond_mean, cfg.norm_cond_scale)
         self.shared = nn.Linear(cfg.feature_dim, cfg.shared_dim)
         self.linear = sn(nn.Linear(cfg.chunk, 16 * chans[0]))
         cond_dim = cfg.chunk + cfg.shared_dim
@@ -182,7 +188,7 @@ class Generator(nn.Module):
 
     def condition(self, features: torch.Tensor) -> torch.Tensor:
         h = F.normalize(features.float(), dim=-1) if self.cfg.normalize_features else features.float()
-        return self.shared(h)
+        return self.shared(self.standardize(h))
 
     def forward(self, z: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, S, S) in [-1, 1] from noise z (B, z_dim) and features (B, D)."""
@@ -275,6 +281,7 @@ class Discriminator(nn.Module):
             if down and res == cfg.d_attn_res and not self.attn:
                 self.attn[str(i)] = SelfAttention(c)
         self.linear = sn(nn.Linear(cin, 1))
+        self.standardize = Standardize(cfg.norm_cond_mean, cfg.norm_cond_scale)
         self.embed = sn(nn.Linear(cfg.feature_dim, cin, bias=False))
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -292,7 +299,7 @@ class Discriminator(nn.Module):
                 x = self.attn[str(i)](x)
         phi = F.relu(x).sum((2, 3))
         h = F.normalize(features.float(), dim=-1) if self.cfg.normalize_features else features.float()
-        return self.linear(phi).squeeze(1) + (self.embed(h.to(phi.dtype)) * phi).sum(1)
+        return self.linear(phi).squeeze(1) + (self.embed(self.standardize(h).to(phi.dtype)) * phi).sum(1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Every component is built from a config here and trained from scratch (nothing is downloaded;
 no hub ids): an ``AutoencoderKL`` (stage 1: images ↔ latents), a ``UNet2DConditionModel``
 whose cross-attention reads the conditioning feature z_V as a short sequence of tokens
-(``cond_tokens`` tokens made by one linear layer from the unit-norm feature), and a
+(``cond_tokens`` tokens made by one linear layer from the unit-norm feature, standardised
+with the training features' statistics: conditioning.py), and a
 ``DDIMScheduler`` for sampling. Classifier-free guidance: during training the condition is
 replaced by a learned null sequence with probability ``cond_drop``; sampling mixes the
 conditional and unconditional predictions with ``guidance``.
@@ -25,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .conditioning import Standardize
 from .encoders import _from_dict
 
 ARCHITECTURE = "scene-ldm"
@@ -51,6 +53,9 @@ class LDMConfig:
     cross_dim: int = 128
     cond_tokens: int = 4
     cond_drop: float = 0.1
+    # training features' mean and 1 / RMS, applied after unit-normalising (conditioning.py); None: off
+    norm_cond_mean: tuple | None = None
+    norm_cond_scale: float = 1.0
     guidance: float = 2.0
     # noise schedule (DDIM at sampling)
     train_timesteps: int = 1000
@@ -132,6 +137,7 @@ class SceneLDM(nn.Module):
         self.cfg = cfg
         self.vae = AutoencoderKL(**cfg.vae_kwargs())
         self.unet = UNet2DConditionModel(**cfg.unet_kwargs())
+        self.standardize = Standardize(cfg.norm_cond_mean, cfg.norm_cond_scale)
         self.cond = nn.Linear(cfg.feature_dim, cfg.cond_tokens * cfg.cross_dim)
         self.null = nn.Parameter(torch.zeros(cfg.cond_tokens, cfg.cross_dim))
 
@@ -145,7 +151,7 @@ class SceneLDM(nn.Module):
     def condition(self, features: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
         """encoder_hidden_states (B, cond_tokens, cross_dim) of features (B, D); rows where
         ``drop`` is True get the learned null sequence (classifier-free guidance)."""
-        h = F.normalize(features.float(), dim=-1)
+        h = self.standardize(F.normalize(features.float(), dim=-1))
         c = self.cond(h).view(len(h), self.cfg.cond_tokens, self.cfg.cross_dim)
         if drop is not None:
             c = torch.where(drop[:, None, None], self.null[None].to(c.dtype), c)
