@@ -312,33 +312,33 @@ def run_rematch(req: Request, *, device=None, extra_provenance: Optional[dict] =
 
         with _option_named("--room"):
             picture = load_image(req.room)  # a bad picture fails before the model loads
-    if src == "room" and mode == "params":
-        folder, pmodel = load_params_model(req.params_model, device)
-        model_name = folder.name
-        models = {folder.name: folder.provenance()}
-        ir, info = ir_from_picture(pmodel, image_tensor(picture, int(pmodel.image_size)), sr)
-        engine = ConvolutionEngine(ir, C)
-    elif src == "room":
-        folder, model, device = load_room_model(req.model, device)
-        model_name = folder.name
-        models = {folder.name: folder.provenance()}
-        msr, size = int(model.sample_rate), int(model.image_size)
-        renderer = model_renderer(model, image_tensor(picture, size), device)
-        scan = to_mono(first_seconds(sound.blocks(10.0, sr=msr, channels=1), SCAN_S, msr))
-        if scan.size == 0 or float(np.max(np.abs(scan))) < SILENT_PEAK:
-            raise InputError(f"{req.audio} is silent" + (" in its first two minutes" if len(scan) >= SCAN_S * msr else "")
-                             + "; there is nothing to rematch")
-        level = active_rms(scan, msr)
-        gain = getattr(model, "input_rms", MODEL_INPUT_RMS) / level if level > 0 else 1.0
-        if mode == "ir":
-            s, e = choose_excerpt(scan, msr)
-            ir, info = ir_from_model(renderer, msr, scan[s:e] * np.float32(gain), sr)
-            info.extra["estimated"]["excerpt_start_s"] = round(s / msr, 2)
+        if mode == "params":
+            folder, pmodel = load_params_model(req.params_model, device)
+            model_name = folder.name
+            models = {folder.name: folder.provenance()}
+            ir, info = ir_from_picture(pmodel, image_tensor(picture, int(pmodel.image_size)), sr)
             engine = ConvolutionEngine(ir, C)
         else:
-            info = None
-            engine = ModelEngine(renderer, msr, sr, C, input_gain=gain)
-        del scan
+            folder, model, device = load_room_model(req.model, device)
+            model_name = folder.name
+            models = {folder.name: folder.provenance()}
+            msr, size = int(model.sample_rate), int(model.image_size)
+            renderer = model_renderer(model, image_tensor(picture, size), device)
+            scan = to_mono(first_seconds(sound.blocks(10.0, sr=msr, channels=1), SCAN_S, msr))
+            if scan.size == 0 or float(np.max(np.abs(scan))) < SILENT_PEAK:
+                raise InputError(f"{req.audio} is silent" + (" in its first two minutes" if len(scan) >= SCAN_S * msr else "")
+                                 + "; there is nothing to rematch")
+            level = active_rms(scan, msr)
+            gain = getattr(model, "input_rms", MODEL_INPUT_RMS) / level if level > 0 else 1.0
+            if mode == "ir":
+                s, e = choose_excerpt(scan, msr)
+                ir, info = ir_from_model(renderer, msr, scan[s:e] * np.float32(gain), sr)
+                info.extra["estimated"]["excerpt_start_s"] = round(s / msr, 2)
+                engine = ConvolutionEngine(ir, C)
+            else:
+                info = None
+                engine = ModelEngine(renderer, msr, sr, C, input_gain=gain)
+            del scan
     prov = make_provenance(models=models, seed=0, params={
         "audio": req.audio, "room": req.room, "like": req.like, "ir": req.ir, "mode": mode, "mix": float(req.mix),
         "model": model_name, **({"params_model": req.params_model} if mode == "params" else {})})
