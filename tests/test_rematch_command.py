@@ -195,7 +195,7 @@ def test_room_both_modes(media, tiny_home, monkeypatch, tmp_path, capsys):
     assert rep_w["ir"] is None and rep_w["input_above_8khz_db"] > -50 and rep_w["model"] == "tiny-avitar"
     monkeypatch.setenv("SOUNDSIGHT_HOME", str(tiny_home))
     rep_i = run_rematch(Request(audio=str(media / "voice.wav"), room=str(ASSETS / "room27.png"), model="tiny-avitar",
-                                out=str(out_i)), device="cpu")
+                                mode="ir", out=str(out_i)), device="cpu")
     assert "above 8 kHz" not in capsys.readouterr().err
     assert rep_i["mode"] == "ir" and rep_i["ir"]["source"] == "room"
     assert rep_i["ir"]["estimated"]["sample_rate"] == 16000
@@ -365,10 +365,10 @@ def test_demo_part(tmp_path):
     """The demo makes its inputs from the bundled assets; --ir reproduces the room's RT60."""
     from soundsight import registry
     from soundsight.errors import ModelError
-    from soundsight_plugins.acoustic_match.plugin import DEFAULT_MODEL, _demo
+    from soundsight_plugins.acoustic_match.plugin import DEFAULT_PARAMS_MODEL, _demo
 
     try:
-        registry.resolve(DEFAULT_MODEL, task="acoustic-match")
+        registry.resolve(DEFAULT_PARAMS_MODEL, task="room-acoustics")
         has_model = True
     except ModelError:
         has_model = False
@@ -376,6 +376,8 @@ def test_demo_part(tmp_path):
     assert all(Path(p).exists() for p in written)
     rep = json.loads((tmp_path / "rematch.json").read_text())
     assert ("room" in rep) == has_model
+    if has_model:  # the default --room mode; the picture of a 0.94 s room gives a reverberant IR
+        assert rep["room"]["mode"] == "params" and 0.5 < rep["room"]["ir"]["rt60_speech"] < 1.5
     truth = rep["room_description"]["ir_rt60_speech"]  # the bundled IR's speech-band RT60 (0.94 s)
     assert abs(rep["ir"]["estimates"]["output_vs_input"]["rt60_speech"] - truth) < 0.1
     assert 0.4 < rep["like"]["estimates"]["output_vs_input"]["rt60_speech"] < 1.4

@@ -70,16 +70,16 @@ def register_commands(app):
     @app.command("rematch")
     def rematch_cmd(
         audio: str = typer.Argument(..., help="Speech to re-render (a file or a mix expression a.wav+b.wav*0.5)."),
-        room: Optional[Path] = typer.Option(None, "--room", help="Picture of the target room: the learned model (AViTAR)."),
+        room: Optional[Path] = typer.Option(None, "--room", help="Picture of the target room: a learned model (see --mode)."),
         like: Optional[Path] = typer.Option(None, "--like", help="A reverberant recording made in the target room: "
                                             "blind RT60 + DRR -> synthetic impulse response."),
         ir: Optional[Path] = typer.Option(None, "--ir", help="A measured impulse response (any audio file, any rate)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output audio (default AUDIO.rematch.wav); "
                                            "wav, flac, ogg, mp3 or aiff."),
-        mode: Optional[str] = typer.Option(None, "--mode", help="With --room: ir (default: the model's impulse "
-                                           "response applied at full rate, keeps the band above 8 kHz) or waveform "
-                                           "(the model's 16 kHz output itself, as in the paper) or params (the picture "
-                                           "predicts octave RT60s + DRR, rendered like --like at full rate)."),
+        mode: Optional[str] = typer.Option(None, "--mode", help="With --room: params (default: the picture "
+                                           "predicts octave RT60s + DRR, rendered like --like at full rate), ir "
+                                           "(AViTAR's impulse response applied at full rate) or waveform (AViTAR's "
+                                           "16 kHz output itself, as in the paper)."),
         mix: float = typer.Option(1.0, "--mix", help="Wet share, 0 (the input unchanged) .. 1 (only the re-rendered sound)."),
         model: str = typer.Option(DEFAULT_MODEL, "--model", help="Registry name or folder of an acoustic-match model."),
         params_model: str = typer.Option(DEFAULT_PARAMS_MODEL, "--params-model", help="With --mode params: registry "
@@ -124,7 +124,7 @@ def register_recipe_steps(register):
             "like": Param(str, kind="input", help="Reverberant recording of the target room (blind reverberator)."),
             "ir": Param(str, kind="input", help="Measured impulse response."),
             "out": Param(str, kind="output", required=True, help="Output audio."),
-            "mode": Param(str, choices=MODES, help="With room: ir (default), waveform or params."),
+            "mode": Param(str, choices=MODES, help="With room: params (default), ir or waveform."),
             "mix": Param((int, float), default=1.0, help="Wet share 0..1."),
             "model": Param(str, default=DEFAULT_MODEL),
             "params_model": Param(str, default=DEFAULT_PARAMS_MODEL, help="With mode params: the room-acoustics model."),
@@ -165,11 +165,11 @@ def _demo(workdir: Path) -> list[Path]:
     reports = {"room_description": room_meta}
     runs = [("like", {"like": str(reference)}), ("ir", {"ir": str(ir_path)})]
     try:
-        registry.resolve(DEFAULT_MODEL, task="acoustic-match")
+        registry.resolve(DEFAULT_PARAMS_MODEL, task="room-acoustics")
         runs.append(("room", {"room": str(picture)}))
     except ModelError:
-        console.info(f"  (skipping --room: model {DEFAULT_MODEL} is not installed; "
-                     "python -m soundsight_train.avitar trains it)")
+        console.info(f"  (skipping --room: model {DEFAULT_PARAMS_MODEL} is not installed; "
+                     "python -m soundsight_train.room_params trains it)")
     for name, extra in runs:
         params = {"audio": str(voice), "out": str(workdir / f"voice.{name}.wav"), **extra}
         if name == "room":

@@ -2,16 +2,17 @@
 
 Three ways to get the room (exactly one per run):
 
-- ``room`` (a picture): the learned AViTAR model (registry task ``acoustic-match``; its
-  ``match(wave, image)`` maps 16 kHz speech to 16 kHz speech in the pictured room).
-  ``mode="waveform"`` is the paper's: the model's output itself, run on overlapping chunks with
-  crossfades, resampled back to the input's rate (nothing above 8 kHz). ``mode="ir"`` (the
-  default) runs the model on one excerpt only, deconvolves the effective impulse response of
-  its output and continues it to the full band (``impulse.ir_from_model``), then convolves the
-  full-rate, full-band input with it. ``mode="params"`` runs the picture model
-  (``room_params_net``, registry task ``room-acoustics``, ``Request.params_model``) instead: it
-  predicts the octave RT60s and DRR the blind reverberator takes, and the same synthesis
-  (``impulse.ir_from_picture``) renders the IR at the input's rate.
+- ``room`` (a picture), three modes. ``mode="params"`` (the default: it wins on unseen rooms)
+  runs the picture model (``room_params_net``, registry task ``room-acoustics``,
+  ``Request.params_model``): it predicts the octave RT60s and DRR the blind reverberator takes,
+  and the same synthesis (``impulse.ir_from_picture``) renders the IR at the input's rate. The
+  other two run the learned AViTAR model (registry task ``acoustic-match``; its
+  ``match(wave, image)`` maps 16 kHz speech to 16 kHz speech in the pictured room):
+  ``mode="waveform"`` is the paper's, the model's output itself, run on overlapping chunks with
+  crossfades, resampled back to the input's rate (nothing above 8 kHz); ``mode="ir"`` runs the
+  model on one excerpt only, deconvolves the effective impulse response of its output and
+  continues it to the full band (``impulse.ir_from_model``), then convolves the full-rate,
+  full-band input with it.
 - ``like`` (a reverberant recording of the target room): the blind reverberator
   (``impulse.ir_from_reference``).
 - ``ir`` (a measured impulse response file): resampled to the input's rate and convolved
@@ -143,7 +144,9 @@ def validate(req: Request) -> tuple[str, str]:
         raise InputError(f"--mode must be waveform, ir or params, got {mode!r}")
     if src != "room" and mode in ("waveform", "params"):
         raise InputError(f"--mode {mode} needs a picture (--room IMAGE); --{src} always convolves (mode ir)")
-    mode = mode or "ir"
+    # --room defaults to params: on unseen rooms it beats both AViTAR modes on every metric
+    # (STFT 0.231 vs 0.244, RT60 error 0.32 vs 0.80 s; README, "Which --room mode wins")
+    mode = mode or ("params" if src == "room" else "ir")
     if not (isinstance(req.mix, (int, float)) and 0.0 <= float(req.mix) <= 1.0):
         raise InputError(f"--mix must be between 0 and 1, got {req.mix}")
     if not (req.block_s > 0):
