@@ -5,7 +5,7 @@ Three ways to get the room (exactly one per run):
 - ``room`` (a picture), three modes. ``mode="params"`` (the default: it wins on unseen rooms)
   runs the picture model (``room_params_net``, registry task ``room-acoustics``,
   ``Request.params_model``): it predicts the octave RT60s and DRR the blind reverberator takes,
-  and the same synthesis (``impulse.ir_from_params``) renders the IR at the input's rate. The
+  and the same synthesis (``impulse.ir_from_picture``) renders the IR at the input's rate. The
   other two run the learned AViTAR model (registry task ``acoustic-match``; its
   ``match(wave, image)`` maps 16 kHz speech to 16 kHz speech in the pictured room):
   ``mode="waveform"`` is the paper's, the model's output itself, run on overlapping chunks with
