@@ -66,7 +66,9 @@ def test_imagine_cli_writes_images_with_provenance(scene_models, tmp_path):
     assert r.code == 0, r.err
     rep = json.loads(r.out)
     assert rep["outputs"] == [str(tmp_path / f"s-{i}.png") for i in range(2)] + [str(tmp_path / "g.png")]
-    assert rep["models"] == {"audio_encoder": "scene-audio-encoder-64", "generator": "scene-gan-64"}
+    # no --backend: the LDM where it is installed (it is the better back end)
+    assert rep["models"] == {"audio_encoder": "scene-audio-encoder-64", "generator": "scene-ldm-64"}
+    assert rep["backend"] == "ldm" and rep["steps"] == 25
     assert (rep["size"], rep["model_size"], rep["note"]) == (64, 64, None)
     # the toy audio encoder hears 0.5 s: the 1.5 s sheep is cropped; it sits at the data's gain 1
     lv = rep["level"]
@@ -77,7 +79,7 @@ def test_imagine_cli_writes_images_with_provenance(scene_models, tmp_path):
     assert pixels(tmp_path / "g.png").shape == (64 + 4, 2 * 64 + 6, 3)  # make_grid: 1 row, 2 columns, pad 2
     prov = provenance(tmp_path / "s-1.png")
     assert prov["seed"] == 0 and prov["index"] == 1 and prov["params"]["n"] == 2
-    assert set(prov["models"]) == {"scene-audio-encoder-64", "scene-gan-64"}
+    assert set(prov["models"]) == {"scene-audio-encoder-64", "scene-ldm-64"}
     assert all(len(sha) == 64 for m in prov["models"].values() for sha in m.values())
     assert prov["command"].startswith("soundsight") and "imagine" in prov["command"]
 
@@ -86,7 +88,7 @@ def test_imagine_cli_notes_and_errors(scene_models, tmp_path):
     r = run_cli("imagine", SHEEP, "--size", "128", "--out", tmp_path / "big.png", env=scene_models["env"])
     assert r.code == 0, r.err
     assert pixels(tmp_path / "big.png").shape == (128, 128, 3)
-    assert "resized to 128 px" in r.err and "no scene-gan-128 model is installed" in r.err
+    assert "resized to 128 px" in r.err and "no scene-ldm-128 model is installed" in r.err
     silent = make_wav(tmp_path / "silent.wav", amplitude=0.0)
     assert_user_error(run_cli("imagine", silent, "--out", tmp_path / "o.png", env=scene_models["env"]), "silent")
     assert_user_error(run_cli("imagine", SHEEP, "--backend", "vqgan", "--out", tmp_path / "o.png",
@@ -193,7 +195,7 @@ def test_ldm_backend(home, tmp_path):
 
 @pytest.mark.parametrize("kw,message", [
     (dict(backend="vqgan"), "unknown backend"),
-    (dict(steps=10), "--backend ldm"),
+    (dict(backend="gan", steps=10), "--backend ldm"),
     (dict(backend="ldm", steps=0), "--steps must be"),
     (dict(n=0), "--n must be"),
     (dict(size=100), "--size must be"),
@@ -205,7 +207,7 @@ def test_ldm_backend(home, tmp_path):
     (dict(n=2, out="OUT/{j}.png"), "placeholder"),
     (dict(model="no-such-model"), "unknown model"),
     (dict(model="scene-evaluator-64"), "not 'scene-generation'"),
-    (dict(model="scene-ldm-64"), "not a GAN"),
+    (dict(backend="gan", model="scene-ldm-64"), "not a GAN"),
     (dict(sound="SILENT"), "silent"),
     (dict(sound="MISSING"), "no such file"),
 ])
@@ -224,6 +226,12 @@ def test_errors_write_nothing(home, tmp_path, kw, message):
     with pytest.raises(UserError, match=message):
         imagine(sound, **kw)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_the_back_end_follows_the_model_when_not_named(home, tmp_path):
+    assert imagine(SHEEP, model="scene-gan-64", out=tmp_path / "g.png")["backend"] == "gan"
+    if "ldm" in home:
+        assert imagine(SHEEP, out=tmp_path / "d.png", steps=2)["backend"] == "ldm"
 
 
 def test_existing_outputs_are_kept_without_force(home, tmp_path):

@@ -24,6 +24,9 @@ BACKENDS = ("gan", "ldm")
 SIZES = (32, 64, 128, 256)
 DEFAULT_AUDIO_ENCODER = "scene-audio-encoder-64"
 DEFAULT_STEPS = 25
+# the LDM is the default back end where it is installed: on held-out sounds it beats the GAN on
+# class (R@1 0.060 vs 0.018), size (corr. 0.33 vs 0.06) and volume (0.52 vs 0.23 monotonic)
+DEFAULT_BACKEND = "ldm"
 MAX_N = 64
 SILENCE_DBFS = -90.0
 TRAIN_HOME = "models"  # where the train/ commands below write (the repository's bundled models)
@@ -53,6 +56,19 @@ def missing_model_error(name: str, what: str) -> ModelError:
     how = (f"; train it with `{cmd}` (then `soundsight models import {TRAIN_HOME}/{name}` to install it for "
            "every folder)") if cmd else ""
     return ModelError(f"the {what} model {name} is not installed{how}")
+
+
+def default_backend(model: str | None, steps: int | None) -> str:
+    """The back end when none is named: the given --model's, else the LDM if --steps is given or
+    the default LDM is installed, else the GAN."""
+    if model is not None:
+        from soundsight import registry
+
+        arch = registry.resolve(model, task="scene-generation").card.get("architecture")
+        return "ldm" if arch == "scene-ldm" else "gan"
+    if steps is not None or is_installed(default_generator(DEFAULT_BACKEND, 64)):
+        return DEFAULT_BACKEND
+    return "gan"
 
 
 def is_installed(name: str) -> bool:
@@ -227,7 +243,7 @@ def sweep_strip(rows: list[list[np.ndarray]], gains: list[float], pad: int = 2):
 
 
 def run_imagine(sound: str, *, gain: float = 1.0, gain_db: float | None = None, n: int = 1, seed: int = 0,
-                backend: str = "gan", steps: int | None = None, size: int | None = None, model: str | None = None,
+                backend: str | None = None, steps: int | None = None, size: int | None = None, model: str | None = None,
                 audio_model: str | None = None, out=None, grid=None, sweep_gain: str | None = None,
                 write_images: bool = True, force: bool = False, device=None, extra_provenance: dict | None = None,
                 command: str | None = None) -> dict:
@@ -239,6 +255,8 @@ def run_imagine(sound: str, *, gain: float = 1.0, gain_db: float | None = None, 
 
     t0 = time.perf_counter()
     # --- arguments: every cheap check before anything is loaded or written
+    if backend is None:
+        backend = default_backend(model, steps)
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if not 1 <= n <= MAX_N:

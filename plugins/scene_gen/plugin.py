@@ -40,7 +40,8 @@ def register_commands(app):
         gain_db: Optional[float] = typer.Option(None, "--gain-db", help="The same gain in decibels (instead of --gain)."),
         n: int = typer.Option(1, "--n", help="Images to draw (different noise, same sound)."),
         seed: int = typer.Option(0, "--seed", help="Same seed + same sound, same images."),
-        backend: str = typer.Option("gan", "--backend", help="gan (one pass) or ldm (latent diffusion, DDIM)."),
+        backend: Optional[str] = typer.Option(None, "--backend", help="ldm (latent diffusion, DDIM; the default when "
+                                              "scene-ldm-64 is installed) or gan (one pass)."),
         steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps of --backend ldm (default 25)."),
         size: Optional[int] = typer.Option(None, "--size", help="Output size in px (default: the model's). A 64 px model's "
                                            "images are upscaled to 128 when no 128 px model is installed (with a note)."),
@@ -85,7 +86,7 @@ def _imagine_step(params: dict, ctx) -> list[Path]:
     as_grid = n > 1 and not sweep
     report = run_imagine(
         params["sound"], gain=params["gain"], gain_db=params.get("gain_db"), n=n, seed=params["seed"],
-        backend=params["backend"], steps=params.get("steps"), size=params.get("size"), model=params.get("model"),
+        backend=params.get("backend"), steps=params.get("steps"), size=params.get("size"), model=params.get("model"),
         audio_model=params.get("audio_model"), out=None if as_grid else params["out"],
         grid=params["out"] if as_grid else None, sweep_gain=sweep, write_images=not as_grid, force=ctx.force,
         device=ctx.device, extra_provenance=ctx.provenance,
@@ -103,7 +104,7 @@ def register_recipe_steps(register):
             "out": Param(str, kind="output", required=True,
                          help="Output PNG: the image (n = 1), a grid of all n, or the sweep strip."),
             "n": Param(int, default=1), "seed": Param(int, default=0),
-            "backend": Param(str, default="gan", choices=BACKENDS), "steps": Param(int), "size": Param(int),
+            "backend": Param(str, choices=BACKENDS, help="ldm (default when installed) or gan"), "steps": Param(int), "size": Param(int),
             "model": Param(str), "audio_model": Param(str),
             "gain": Param(float, default=1.0), "gain_db": Param(float), "sweep_gain": Param(str),
         },
@@ -126,7 +127,10 @@ def _demo(workdir: Path) -> list[Path]:
 
     from .imagine import DEFAULT_AUDIO_ENCODER, default_generator, is_installed, run_imagine, train_command
 
-    missing = [m for m in (DEFAULT_AUDIO_ENCODER, default_generator("gan", 64)) if not is_installed(m)]
+    generators = [default_generator(b, 64) for b in ("ldm", "gan")]
+    missing = [m for m in (DEFAULT_AUDIO_ENCODER,) if not is_installed(m)]
+    if not any(is_installed(g) for g in generators):
+        missing.append(generators[1])
     if missing:
         console.warn(f"imagine demo skipped: {', '.join(missing)} not installed (train with "
                      f"`{train_command(missing[0])}`)")
