@@ -6,7 +6,8 @@ peak memory on a one-hour input.
 Goals (issue 4): real-time factor <= 0.02 on 2 CPU cores (10 s and 10 min of speech); peak
 memory <= 1.5 GB for a one-hour input. Speech is the bundled real voice (44.1 kHz, mono for the
 speed rows, stereo for the hour) repeated with pauses. Modes: ``like`` (blind reverberator from a
-reverberant recording), ``ir`` (measured IR, pedalboard), ``room-ir`` and ``room-waveform`` (the
+reverberant recording), ``ir`` (measured IR, pedalboard), ``room-params`` (picture -> room
+parameters), ``room-ir`` and ``room-waveform`` (the
 model; the shipped ``rooms-avitar-16k`` when installed, else random weights of its configuration:
 speed does not depend on the weights). Each row runs in its own process (peak RSS from
 ``resource.getrusage`` is that row's alone) and times ``run_rematch`` after a warm-up run on 1 s
@@ -117,6 +118,7 @@ def model_home(d: Path) -> tuple[dict, str]:
 MODES = {
     "like": lambda f: {"like": str(f["reference"])},
     "ir": lambda f: {"ir": str(ASSETS / "room27-ir.flac")},
+    "room-params": lambda f: {"room": str(ASSETS / "room27.png"), "mode": "params"},
     "room-ir": lambda f: {"room": str(ASSETS / "room27.png"), "mode": "ir"},
     "room-waveform": lambda f: {"room": str(ASSETS / "room27.png"), "mode": "waveform"},
 }
