@@ -351,6 +351,15 @@ def parse(argv=None):
     return args
 
 
+def budget_cosine(step: int, steps: int, t_session: float, max_minutes: float | None, floor: float) -> float:
+    """LR scale: cosine from 1 to ``floor`` over the step budget, or over the time budget
+    (``--max-minutes`` since ``t_session``) if that runs out first."""
+    frac = step / steps
+    if max_minutes:
+        frac = max(frac, (time.time() - t_session) / (max_minutes * 60))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
 def find_rooms(data: str | None, tiny: bool) -> Path:
     if data and (Path(data) / "meta.json").is_file():
         return Path(data)
@@ -443,10 +452,7 @@ def main(argv=None) -> int:
         if args.max_minutes is not None and time.time() - t_session > args.max_minutes * 60:
             stop_reason = "max-minutes"
             break
-        frac = step / args.steps
-        if args.max_minutes:
-            frac = max(frac, (time.time() - t_session) / (args.max_minutes * 60))
-        scale = args.lr_final + (1 - args.lr_final) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+        scale = budget_cosine(step, args.steps, t_session, args.max_minutes, args.lr_final)
         for opt, base in ((opt_g, args.lr), (opt_d, args.lr_d)):
             for group in opt.param_groups:
                 group["lr"] = base * scale

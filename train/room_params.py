@@ -48,7 +48,7 @@ from soundsight_plugins.acoustic_match import acoustics as ac
 from soundsight_plugins.acoustic_match.room_params_net import (ARCHITECTURE, BANDS, OUTPUTS, TASK, RoomParamsConfig,
                                                                RoomParamsNet, decode, encode, loss_fn)
 from soundsight_train import rooms as rooms_mod
-from soundsight_train.avitar import DATA_LICENCES, find_rooms
+from soundsight_train.avitar import DATA_LICENCES, budget_cosine, find_rooms
 
 # ---------------------------------------------------------------------------------------------
 # data
@@ -426,10 +426,7 @@ def main(argv=None) -> int:
         if args.max_minutes is not None and time.time() - t_session > args.max_minutes * 60:
             stop = "max-minutes"
             break
-        frac = step / args.steps
-        if args.max_minutes:
-            frac = max(frac, (time.time() - t_session) / (args.max_minutes * 60))
-        scale = min(1.0, (step + 1) / 50) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+        scale = min(1.0, (step + 1) / 50) * budget_cosine(step, args.steps, t_session, args.max_minutes, 0.05)
         for g in opt.param_groups:
             g["lr"] = args.lr * scale
         idx = rng.integers(0, len(train_ids), size=args.batch)

@@ -13,10 +13,10 @@ from soundsight.hookspecs import hookimpl
 from soundsight.registry import ModelSpec
 from soundsight.steps import Param, RecipeStep
 
-from .loaders import ARCHITECTURES
+from .loaders import ARCHITECTURES, ROOM_PARAMS
 
 DEFAULT_MODEL = "rooms-avitar-16k"
-DEFAULT_PARAMS_MODEL = "rooms-params-128"  # --mode params (task room-acoustics)
+DEFAULT_PARAMS_MODEL = ARCHITECTURES[ROOM_PARAMS][2]  # --mode params (task room-acoustics)
 ASSETS = Path(__file__).resolve().parent / "assets"
 MODES = ("waveform", "ir", "params")
 

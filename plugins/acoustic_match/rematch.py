@@ -39,11 +39,12 @@ from soundsight.errors import InputError, ModelError, OutputError
 from . import acoustics as ac
 from .impulse import (MODEL_INPUT_RMS, SCAN_S, active_rms, choose_excerpt, image_tensor, ir_from_file, ir_from_model,
                       ir_from_picture, ir_from_reference, model_renderer)
+from .loaders import ARCHITECTURES, ROOM_PARAMS
 from .render import (BLOCK_S, MIN_SECONDS, SILENT_PEAK, ConvolutionEngine, ModelEngine, PedalboardConvolver,
                      first_seconds, to_mono, json_num, render)
 
 MODES = ("waveform", "ir", "params")
-PARAMS_MODEL = "rooms-params-128"  # --mode params: picture -> octave RT60s + DRR (task room-acoustics)
+PARAMS_MODEL = ARCHITECTURES[ROOM_PARAMS][2]  # --mode params: picture -> octave RT60s + DRR
 SOURCES = ("room", "like", "ir")
 
 
@@ -317,14 +318,10 @@ def run_rematch(req: Request, *, device=None, extra_provenance: Optional[dict] =
             picture = load_image(req.room)  # a bad picture fails before the model loads
         if mode == "params":
             folder, pmodel = load_params_model(req.params_model, device)
-            model_name = folder.name
-            models = {folder.name: folder.provenance()}
             ir, info = ir_from_picture(pmodel, image_tensor(picture, int(pmodel.image_size)), sr)
             engine = ConvolutionEngine(ir, C)
         else:
             folder, model, device = load_room_model(req.model, device)
-            model_name = folder.name
-            models = {folder.name: folder.provenance()}
             msr, size = int(model.sample_rate), int(model.image_size)
             renderer = model_renderer(model, image_tensor(picture, size), device)
             scan = to_mono(first_seconds(sound.blocks(10.0, sr=msr, channels=1), SCAN_S, msr))
@@ -342,6 +339,8 @@ def run_rematch(req: Request, *, device=None, extra_provenance: Optional[dict] =
                 info = None
                 engine = ModelEngine(renderer, msr, sr, C, input_gain=gain)
             del scan
+        model_name = folder.name
+        models = {folder.name: folder.provenance()}
     prov = make_provenance(models=models, seed=0, params={
         "audio": req.audio, "room": req.room, "like": req.like, "ir": req.ir, "mode": mode, "mix": float(req.mix),
         "model": model_name, **({"params_model": req.params_model} if mode == "params" else {})})
