@@ -247,34 +247,20 @@ def all_metrics(model, ds, train_ids, y_train, train_truth, eval_sets: dict, siz
 
 
 def save_checkpoint(run: Path, model, best_state, opt, state: dict) -> None:
-    import shutil
+    """``<run>/ckpt``: model.safetensors, best.safetensors, optim.pt (written atomically by the
+    shared trainer checkpoint code)."""
+    from soundsight_train.scene_common import save_checkpoint as save
 
-    from safetensors.torch import save_file
-
-    ck, tmp, old = run / "ckpt", run / ".ckpt.tmp", run / ".ckpt.old"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-    save_file({k: v.detach().cpu().contiguous() for k, v in best_state.items()}, str(tmp / "best.safetensors"))
-    torch.save({"opt": opt.state_dict(), "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-    if ck.exists():
-        ck.rename(old)
-    tmp.rename(ck)
-    if old.exists():
-        shutil.rmtree(old)
+    save(run, {"model": model, "best": best_state}, {"opt": opt}, state)
 
 
 def load_checkpoint(ck: Path, model, opt) -> tuple[dict, dict]:
     from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(str(ck / "model.safetensors")))
-    best = load_file(str(ck / "best.safetensors"))
-    o = torch.load(ck / "optim.pt", map_location="cpu", weights_only=True)
-    opt.load_state_dict(o["opt"])
-    torch.set_rng_state(o["torch_rng"].cpu())
-    return json.loads((ck / "state.json").read_text()), best
+    from soundsight_train.scene_common import load_checkpoint as load
+
+    state, _ = load(ck, {"model": model}, {"opt": opt}, "cpu")
+    return state, load_file(str(ck / "best.safetensors"))
 
 
 # ---------------------------------------------------------------------------------------------

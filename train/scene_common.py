@@ -320,10 +320,10 @@ def save_checkpoint(run: Path, modules: dict, optimizers: dict, state: dict, ext
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    for name, m in modules.items():
+    for name, m in modules.items():  # a module, or a state dict of its own (e.g. the best weights so far)
         if m is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in unwrap(m).state_dict().items()},
-                      str(tmp / f"{name}.safetensors"))
+            sd = m if isinstance(m, dict) else unwrap(m).state_dict()
+            save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
     opt = {name: (o.state_dict() if o is not None else None) for name, o in optimizers.items()}
     opt["torch_rng"] = torch.get_rng_state()
     opt.update(extra or {})
