@@ -47,6 +47,7 @@ from soundsight_plugins.acoustic_match.discriminators import (DiscConfig, Discri
                                                               MultiResolutionSTFTLoss, d_loss,
                                                               feature_matching_loss, g_adv_loss)
 from soundsight_train import rooms as rooms_mod
+from soundsight_train.checkpoints import load_gan, save_gan
 from soundsight_train.distributed import cleanup_distributed, is_main, setup_distributed, unwrap
 
 #: licences of the rooms dataset's speech (rooms.py builds them from these packages)
@@ -179,47 +180,6 @@ def train_step(G, D, opt_g, opt_d, scaler, x, y, img, *, mel_loss, stft_loss, sk
         opt_g.step()
     stats.update(loss=float(loss.detach()), mel=float(lm.detach()), stft=float(ls.detach()), gnorm=float(gn))
     return stats
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints (safetensors for weights; optimiser state via torch.save, loaded weights_only)
-
-
-def save_checkpoint(run: Path, G, D, opt_g, opt_d, scaler, state: dict):
-    import shutil
-
-    from safetensors.torch import save_file
-
-    ck, tmp, old = run / "ckpt", run / ".ckpt.tmp", run / ".ckpt.old"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in unwrap(G).state_dict().items()}, str(tmp / "gen.safetensors"))
-    save_file({k: v.detach().cpu().contiguous() for k, v in unwrap(D).state_dict().items()}, str(tmp / "disc.safetensors"))
-    torch.save({"g": opt_g.state_dict(), "d": opt_d.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-    if ck.exists():
-        ck.rename(old)
-    tmp.rename(ck)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def load_checkpoint(ck: Path, G, D, opt_g, opt_d, scaler, device) -> dict:
-    from safetensors.torch import load_file
-
-    unwrap(G).load_state_dict(load_file(str(ck / "gen.safetensors"), device=str(device)))
-    unwrap(D).load_state_dict(load_file(str(ck / "disc.safetensors"), device=str(device)))
-    opt = torch.load(ck / "optim.pt", map_location=device, weights_only=True)
-    opt_g.load_state_dict(opt["g"])
-    opt_d.load_state_dict(opt["d"])
-    if scaler is not None and opt.get("scaler"):
-        scaler.load_state_dict(opt["scaler"])
-    if opt.get("torch_rng") is not None:
-        torch.set_rng_state(opt["torch_rng"].cpu())
-    return json.loads((ck / "state.json").read_text())
 
 
 # --------------------------------------------------------------------------------------------
@@ -419,7 +379,7 @@ def main(argv=None) -> int:
             saved = json.loads((ck / "state.json").read_text())
             if saved.get("config") != cfg.to_dict() or saved.get("disc") != dcfg.to_dict():
                 raise SystemExit(f"error: checkpoint {ck} was trained with a different config; use another --run folder")
-            prev = load_checkpoint(ck, G, D, opt_g, opt_d, scaler, dev.torch_device)
+            prev = load_gan(ck, G, D, opt_g, opt_d, scaler, dev.torch_device)
             state.update(step=prev["step"], elapsed=prev.get("elapsed", 0.0))
             log(f"resumed from {ck} at step {state['step']}")
         elif args.resume != "auto":
@@ -490,7 +450,7 @@ def main(argv=None) -> int:
             log(f"val (seen rooms x test speech, {v['n']} crops): STFT distance {v['stft']:.4f} (input {v['stft_input']:.4f})")
             t_start += time.time() - t0  # validation time is not training time
         if main_proc and now - last_ck > args.ckpt_minutes * 60:
-            save_checkpoint(run, G, D, opt_g, opt_d, scaler, state)
+            save_gan(run, G, D, opt_g, opt_d, scaler, state)
             last_ck = time.time()
         if main_proc and now - last_snap > args.snapshot_minutes * 60:
             write_registry(out, G, cfg, dcfg, args, state, {}, data_meta, final=False)
@@ -498,7 +458,7 @@ def main(argv=None) -> int:
     if curve is not None:
         curve.close()
     if main_proc:
-        save_checkpoint(run, G, D, opt_g, opt_d, scaler, state)
+        save_gan(run, G, D, opt_g, opt_d, scaler, state)
         final = step >= args.steps
         state["stopped_by"] = stop_reason
         log(f"stopped ({stop_reason}) at step {step} after {state['elapsed'] / 60:.1f} min of training")

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from soundsight_train.checkpoints import load_gan, save_gan
 from soundsight_train.distributed import is_main, setup_distributed, unwrap
 from soundsight_plugins.forecast.model import (
     ARCHITECTURE,
@@ -177,51 +178,6 @@ def train_step(G, D, opt_g, opt_d, scaler, frames, audio, cfg: Sound2SightConfig
         scaler.update()
     return {"loss": float(loss.detach()), "mse": float(mse.detach()), "kld": float(kld.detach()),
             "adv_g": float(adv_g.detach()), "d_loss": float(d_loss.detach())}
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def save_checkpoint(run: Path, G, D, opt_g, opt_d, scaler, state: dict):
-    from safetensors.torch import save_file
-
-    ck = run / "ckpt"
-    tmp = run / ".ckpt.tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in unwrap(G).state_dict().items()}, str(tmp / "gen.safetensors"))
-    if D is not None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in unwrap(D).state_dict().items()}, str(tmp / "disc.safetensors"))
-    opt = {"g": opt_g.state_dict(), "d": opt_d.state_dict() if opt_d is not None else None,
-           "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
-           "torch_rng": torch.get_rng_state()}
-    torch.save(opt, tmp / "optim.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-    old = run / ".ckpt.old"
-    if ck.exists():
-        ck.rename(old)
-    tmp.rename(ck)
-    if old.exists():
-        import shutil
-
-        shutil.rmtree(old)
-
-
-def load_checkpoint(ck: Path, G, D, opt_g, opt_d, scaler, device) -> dict:
-    from safetensors.torch import load_file
-
-    unwrap(G).load_state_dict(load_file(str(ck / "gen.safetensors"), device=str(device)))
-    if D is not None and (ck / "disc.safetensors").is_file():
-        unwrap(D).load_state_dict(load_file(str(ck / "disc.safetensors"), device=str(device)))
-    opt = torch.load(ck / "optim.pt", map_location=device, weights_only=True)
-    opt_g.load_state_dict(opt["g"])
-    if opt_d is not None and opt.get("d"):
-        opt_d.load_state_dict(opt["d"])
-    if scaler is not None and opt.get("scaler"):
-        scaler.load_state_dict(opt["scaler"])
-    if opt.get("torch_rng") is not None:
-        torch.set_rng_state(opt["torch_rng"].cpu())
-    return json.loads((ck / "state.json").read_text())
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,7 +379,7 @@ def main(argv=None) -> int:
             if diff:
                 raise SystemExit(f"error: checkpoint {ck} was trained with a different config "
                                  f"(saved vs now: {diff}); use another --run folder")
-            prev = load_checkpoint(ck, G, D, opt_g, opt_d, scaler, dev.torch_device)
+            prev = load_gan(ck, G, D, opt_g, opt_d, scaler, dev.torch_device)
             state.update(step=prev["step"], elapsed=prev.get("elapsed", 0.0))
             log(f"resumed from {ck} at step {state['step']}")
         elif args.resume != "auto":
@@ -482,7 +438,7 @@ def main(argv=None) -> int:
 
         state.update(step=step, elapsed=now - t_start, gamma_now=gamma)
         if main_proc and (now - last_ck > args.ckpt_minutes * 60 or step == args.steps):
-            save_checkpoint(run, G, D, opt_g, opt_d, scaler, state)
+            save_gan(run, G, D, opt_g, opt_d, scaler, state)
             last_ck = time.time()
         if main_proc and now - last_snap > args.snapshot_minutes * 60 and step < args.steps:
             t0 = time.time()

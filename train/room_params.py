@@ -249,7 +249,7 @@ def all_metrics(model, ds, train_ids, y_train, train_truth, eval_sets: dict, siz
 def save_checkpoint(run: Path, model, best_state, opt, state: dict) -> None:
     """``<run>/ckpt``: model.safetensors, best.safetensors, optim.pt (written atomically by the
     shared trainer checkpoint code)."""
-    from soundsight_train.scene_common import save_checkpoint as save
+    from soundsight_train.checkpoints import save_checkpoint as save
 
     save(run, {"model": model, "best": best_state}, {"opt": opt}, state)
 
@@ -257,7 +257,7 @@ def save_checkpoint(run: Path, model, best_state, opt, state: dict) -> None:
 def load_checkpoint(ck: Path, model, opt) -> tuple[dict, dict]:
     from safetensors.torch import load_file
 
-    from soundsight_train.scene_common import load_checkpoint as load
+    from soundsight_train.checkpoints import load_checkpoint as load
 
     state, _ = load(ck, {"model": model}, {"opt": opt}, "cpu")
     return state, load_file(str(ck / "best.safetensors"))

@@ -4,9 +4,7 @@ scenes data and the frozen f_V's features, checkpoints and the run state, the le
 augmentations, evaluation helpers and the registry folder. The loop's step bookkeeping is in
 scene_loop.
 
-Checkpoints (``<run>/ckpt``): each module's state dict as safetensors, optimizer / scaler / RNG
-state in ``optim.pt`` (read back with ``torch.load(weights_only=True)``), ``state.json``; the
-folder is replaced atomically (written as ``.ckpt.tmp``, then renamed).
+Checkpoints are ``soundsight_train.checkpoints`` (shared with the other trainers), re-exported.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ import json
 import math
 import os
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from soundsight_train.checkpoints import load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
 from soundsight_train.distributed import cleanup_distributed, setup_distributed, unwrap  # noqa: F401 (re-exported)
 
 # --------------------------------------------------------------------------------------------
@@ -310,48 +308,7 @@ def save_grid(path: Path, rows: list[torch.Tensor], pad: int = 2) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoints and the learning curve
-
-
-def save_checkpoint(run: Path, modules: dict, optimizers: dict, state: dict, extra: dict | None = None) -> None:
-    from safetensors.torch import save_file
-
-    tmp = run / ".ckpt.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for name, m in modules.items():  # a module, or a state dict of its own (e.g. the best weights so far)
-        if m is not None:
-            sd = m if isinstance(m, dict) else unwrap(m).state_dict()
-            save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
-    opt = {name: (o.state_dict() if o is not None else None) for name, o in optimizers.items()}
-    opt["torch_rng"] = torch.get_rng_state()
-    opt.update(extra or {})
-    torch.save(opt, tmp / "optim.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str) + "\n")
-    ck, old = run / "ckpt", run / ".ckpt.old"
-    if ck.exists():
-        ck.rename(old)
-    tmp.rename(ck)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def load_checkpoint(ck: Path, modules: dict, optimizers: dict, device) -> tuple[dict, dict]:
-    """Restore modules and optimizers in place; returns (state, the optim.pt dict)."""
-    from safetensors.torch import load_file
-
-    for name, m in modules.items():
-        f = ck / f"{name}.safetensors"
-        if m is not None and f.is_file():
-            unwrap(m).load_state_dict(load_file(str(f), device=str(device)))
-    opt = torch.load(ck / "optim.pt", map_location=device, weights_only=True)
-    for name, o in optimizers.items():
-        if o is not None and opt.get(name) is not None:
-            o.load_state_dict(opt[name])
-    if opt.get("torch_rng") is not None:
-        torch.set_rng_state(opt["torch_rng"].cpu())
-    return json.loads((ck / "state.json").read_text()), opt
+# The learning curve (checkpoints: soundsight_train.checkpoints, re-exported here)
 
 
 # the keys of a run's state that describe it; all others are counters that a resume restores
