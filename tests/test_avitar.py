@@ -18,6 +18,7 @@ from soundsight_plugins.acoustic_match.discriminators import (DiscConfig, Discri
 from soundsight_plugins.acoustic_match.rt60_net import RT60Config, RT60Net, mel_filterbank  # noqa: E402
 
 from test_acoustics import speech_like  # noqa: E402
+from test_rooms import build_tiny_rooms  # noqa: E402
 
 SR = 16000
 
@@ -194,27 +195,7 @@ def test_a_few_steps_lower_the_reconstruction_loss():
 
 @pytest.fixture(scope="module")
 def tiny_rooms(tmp_path_factory):
-    pytest.importorskip("pyroomacoustics", reason="pip install pyroomacoustics")
-    from soundsight_train import rooms
-
-    def fake_bank(n, seed, **kw):
-        items, chunks, pos = [], [], 0
-        for j in range(6):
-            a = speech_like(2.0 + 0.3 * j, seed=20 + j)
-            items.append({"source": "synthetic", "licence": "none", "band_hz": SR // 2, "start": pos,
-                          "length": len(a), "split": "test" if j >= 3 else "train"})
-            chunks.append(a)
-            pos += len(a)
-        return np.concatenate(chunks), items
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(rooms, "build_speech_bank", fake_bank)
-    try:
-        folder = rooms.build(rooms.RoomsSpec(rooms=4, speech=0, real_speech=0, image_size=48, n_rays=500), seed=2,
-                             data_dir=tmp_path_factory.mktemp("data"), log=lambda *a: None)
-    finally:
-        mp.undo()
-    return folder
+    return build_tiny_rooms(tmp_path_factory.mktemp("data"), seed=2, bank_seed=20, length_step=0.3, n_rays=500)
 
 
 def test_pair_stream_batches(tiny_rooms):

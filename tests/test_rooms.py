@@ -223,14 +223,15 @@ def test_wpe_alteration_path(simulated):
 # a tiny build, pairs, show, the evaluation
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def build_tiny_rooms(data_dir, *, seed: int, bank_seed: int, length_step: float, **spec):
+    """A 4-room dataset whose speech bank is six synthetic utterances (3 train, 3 test) instead
+    of espeak-ng and the packaged recordings, so it builds in seconds anywhere."""
     pytest.importorskip("pyroomacoustics", reason="pip install pyroomacoustics")
 
     def fake_bank(n, seed, **kw):
         items, chunks, pos = [], [], 0
         for j in range(6):
-            a = speech_like(2.0 + 0.5 * j, seed=10 + j)
+            a = speech_like(2.0 + length_step * j, seed=bank_seed + j)
             items.append({"source": "synthetic", "licence": "none", "band_hz": SR // 2, "start": pos,
                           "length": len(a), "split": "test" if j >= 3 else "train"})
             chunks.append(a)
@@ -240,11 +241,15 @@ def tiny(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setattr(rooms, "build_speech_bank", fake_bank)
     try:
-        folder = rooms.build(rooms.RoomsSpec(rooms=4, speech=0, real_speech=0, image_size=48), seed=1,
-                             data_dir=tmp_path_factory.mktemp("data"), log=lambda *a: None)
+        return rooms.build(rooms.RoomsSpec(rooms=4, speech=0, real_speech=0, image_size=48, **spec), seed=seed,
+                           data_dir=data_dir, log=lambda *a: None)
     finally:
         mp.undo()
-    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_rooms(tmp_path_factory.mktemp("data"), seed=1, bank_seed=10, length_step=0.5)
 
 
 def test_tiny_build_pairs_and_show(tiny, tmp_path):
