@@ -129,6 +129,27 @@ def test_tiny_trainer_writes_a_loadable_registry_folder_and_resumes(tiny_rooms, 
     assert rc == 0 and json.loads((out / "card.json").read_text())["training"]["steps"] == 8
 
 
+def test_extra_datasets_add_training_rooms_but_never_the_evaluation_seed(tiny_rooms, tmp_path):  # noqa: F811
+    from test_rooms import build_tiny_rooms
+
+    from soundsight_train import room_params, rooms
+
+    other = build_tiny_rooms(tmp_path / "other", seed=3, bank_seed=30, length_step=0.3, n_rays=500)
+    out, run = tmp_path / "params", tmp_path / "run"
+    common = ["--tiny", "--data", str(tiny_rooms), "--run-dir", str(run), "--threads", "1"]
+    assert room_params.main(common + ["--out", str(tmp_path / "alone")]) == 0
+    alone = json.loads((tmp_path / "alone" / "card.json").read_text())["training"]["rooms"]["train"]
+    assert room_params.main(common + ["--out", str(out), "--extra-data", str(other)]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["training"]["rooms"]["train"] == alone + 4  # every room of the other dataset, both splits
+    assert card["training"]["rooms"]["extra datasets (all rooms train)"] == [other.name]
+    # validation and unseen scoring stay the primary dataset's
+    unseen = rooms.RoomsData(tiny_rooms).room_ids("unseen")[:4]
+    assert card["metrics"]["unseen_rooms"]["model"]["n"] == len(unseen) > 0
+    with pytest.raises(SystemExit, match="same seed"):
+        room_params.main(common + ["--out", str(tmp_path / "x"), "--extra-data", str(tiny_rooms)])
+
+
 def test_targets_are_what_the_evaluation_scores(tiny_rooms):  # noqa: F811
     from soundsight_train import rooms
     from soundsight_train.room_params import measure_targets

@@ -119,6 +119,29 @@ def extra_views(ds, room_ids: list[int], views: int, run: Path, seed: int, log=p
     return out
 
 
+def extra_training_rooms(folders: list[str], primary: rooms_mod.RoomsData, args, run: Path, log=print):
+    """Every room of each ``--extra-data`` dataset as training data: (pictures uint8 (M, H, W, 3),
+    their extra views (M, V, H, W, 3), targets (M, 7)), one entry per dataset. Rooms are sampled from the dataset's
+    seed, so a dataset with another seed shares no room with the primary one and its unseen split
+    may train too; the same seed would repeat the primary's (unseen) rooms, so it is refused."""
+    pics, views, ys = [], [], []
+    for f in folders:
+        ds = rooms_mod.RoomsData(find_rooms(f, False))
+        if ds.meta.get("seed") == primary.meta.get("seed"):
+            raise SystemExit(f"error: --extra-data {ds.folder} has the same seed as --data "
+                             f"({ds.meta.get('seed')}): its rooms would repeat the evaluation's unseen rooms")
+        if ds.meta.get("image_size") != primary.meta.get("image_size"):
+            raise SystemExit(f"error: --extra-data {ds.folder}: pictures of {ds.meta.get('image_size')} px, "
+                             f"--data's are {primary.meta.get('image_size')} px")
+        ids = sorted(ds.room_ids("seen") + ds.room_ids("unseen"))
+        y, _ = targets_for(ds, ids)
+        pics.append(np.stack([ds.image(r) for r in ids]))
+        views.append(extra_views(ds, ids, args.views, run, args.seed, log))
+        ys.append(y)
+        log(f"extra training rooms: {len(ids)} from {ds.folder}")
+    return pics, views, ys
+
+
 def to_tensor(images: np.ndarray, size: int) -> torch.Tensor:
     """uint8 (..., S, S, 3) -> float (N, 3, size, size) in [0, 1]."""
     x = torch.from_numpy(np.ascontiguousarray(images.reshape(-1, *images.shape[-3:]))).permute(0, 3, 1, 2).float() / 255
@@ -287,6 +310,9 @@ def parse(argv=None):
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--views", type=int, default=5, help="extra rendered views per training room (0: none)")
+    ap.add_argument("--extra-data", action="append", default=[], metavar="FOLDER",
+                    help="another rooms dataset (built with another --seed) whose rooms all train; repeatable. "
+                         "Validation and the unseen rooms stay --data's")
     ap.add_argument("--val-rooms", type=int, default=40, help="seen rooms held out for model selection")
     ap.add_argument("--val-every", type=int, default=50)
     ap.add_argument("--ckpt-minutes", type=float, default=3.0)
@@ -316,7 +342,8 @@ def write_registry(out: Path, model_state, cfg, args, state, metrics, folder, ds
                   "view_rendering_seconds": state.get("views_seconds"), "device": "cpu",
                   "threads": args.threads, "stopped_by": state.get("stopped_by"),
                   "rooms": {"train": state["n_train"], "val (model selection)": state["n_val"],
-                            "extra views per training room": args.views},
+                            "extra views per training room": args.views,
+                            "extra datasets (all rooms train)": [Path(f).name for f in args.extra_data]},
                   "optimizer": {"type": "AdamW", "lr": args.lr, "weight_decay": args.weight_decay,
                                 "schedule": "50-step warm-up, cosine to 5 % over the step or time budget"},
                   "augmentation": "extra rendered views (camera turned, textures and colours redrawn within the "
@@ -390,13 +417,18 @@ def main(argv=None) -> int:
         log(f"resumed from {run / 'ckpt'} at step {state['step']}")
 
     t0 = time.time()
-    views = extra_views(ds, train_ids, args.views, run, args.seed, log)
+    # pictures stay uint8 until a batch is drawn: thousands of rooms x views as floats would take GBs
+    pics = [np.stack([ds.image(r) for r in train_ids])]
+    views = [extra_views(ds, train_ids, args.views, run, args.seed, log)]
+    more_pics, more_views, more_y = extra_training_rooms(args.extra_data, ds, args, run, log)
     state["views_seconds"] = state.get("views_seconds") or round(time.time() - t0, 1)
-    base = to_tensor(np.stack([ds.image(r) for r in train_ids]), S)  # (N, 3, S, S)
-    extra = to_tensor(views, S).reshape(len(train_ids), args.views, 3, S, S) if args.views else None
+    pics, views = np.concatenate(pics + more_pics), np.concatenate(views + more_views)
+    y_tr = torch.cat([y_tr, *more_y])
+    state["n_train"] = len(pics)
     x_val = to_tensor(np.stack([ds.image(r) for r in val_ids]), S)
-    log(f"data: {folder}: {len(train_ids)} training rooms (+{args.views} views each), {len(val_ids)} validation "
-        f"rooms (seen), {len(unseen_ids)} unseen rooms scored at the end")
+    log(f"data: {folder}: {len(train_ids)} training rooms (+{len(pics) - len(train_ids)} from --extra-data; "
+        f"+{args.views} views each), {len(val_ids)} validation rooms (seen), {len(unseen_ids)} unseen rooms scored "
+        f"at the end")
     log(f"model: {model.num_parameters()} parameters, {S} px; run folder {run}; registry folder {out}")
 
     gen = torch.Generator().manual_seed(args.seed * 7919 + state["step"])
@@ -415,9 +447,9 @@ def main(argv=None) -> int:
         scale = min(1.0, (step + 1) / 50) * budget_cosine(step, args.steps, t_session, args.max_minutes, 0.05)
         for g in opt.param_groups:
             g["lr"] = args.lr * scale
-        idx = rng.integers(0, len(train_ids), size=args.batch)
+        idx = rng.integers(0, len(pics), size=args.batch)
         which = rng.integers(0, args.views + 1, size=args.batch)  # 0: the dataset's picture, k: extra view k
-        x = torch.stack([base[i] if w == 0 else extra[i, w - 1] for i, w in zip(idx, which)])
+        x = to_tensor(np.stack([pics[i] if w == 0 else views[i, w - 1] for i, w in zip(idx, which)]), S)
         loss = loss_fn(model(augment(x, gen)), y_tr[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -459,6 +491,7 @@ def main(argv=None) -> int:
     final = RoomParamsNet(cfg)
     final.load_state_dict(best_state)
     final.eval()
+    # the Eyring calibration is fitted on --data's training rooms (the extra datasets' rooms add nothing to it)
     metrics = all_metrics(final, ds, train_ids, y_tr, truth_tr, eval_sets, S)
     for name in eval_sets:
         m = metrics[name]
