@@ -189,6 +189,11 @@ def test_ldm_backend(home, tmp_path):
         assert rep["models"]["generator"] == "scene-ldm-64" and rep["steps"] == 2
         outs.append(pixels(tmp_path / f"l{i}.png"))
     assert outs[0].shape == (64, 64, 3) and np.array_equal(outs[0], outs[1])
+    assert rep["guidance"] == 2.0  # the model's own when not given
+    rep = imagine(SHEEP, backend="ldm", steps=2, seed=1, guidance=1.0, out=tmp_path / "g1.png")
+    assert rep["guidance"] == 1.0
+    unguided = pixels(tmp_path / "g1.png")
+    assert np.abs(unguided.astype(int) - outs[0].astype(int)).mean() > 0.5  # guidance changes the picture
     rep = imagine(SHEEP, backend="ldm", steps=2, sweep_gain="0.5,2", out=tmp_path / "ls.png")
     assert pixels(tmp_path / "ls.png").shape == (12 + 66 + 2, 2 * 66 + 2, 3)
 
@@ -197,6 +202,8 @@ def test_ldm_backend(home, tmp_path):
     (dict(backend="vqgan"), "unknown backend"),
     (dict(backend="gan", steps=10), "--backend ldm"),
     (dict(backend="ldm", steps=0), "--steps must be"),
+    (dict(backend="gan", guidance=3.0), "--backend ldm"),
+    (dict(backend="ldm", guidance=-1.0), "--guidance must be"),
     (dict(n=0), "--n must be"),
     (dict(size=100), "--size must be"),
     (dict(gain=2.0, gain_db=3.0), "either --gain or --gain-db"),

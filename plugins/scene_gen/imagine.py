@@ -191,15 +191,16 @@ def scene_gain(rms_dbfs: float | None, folder) -> float | None:
     return round(10 ** (rms_dbfs / 20) / ref, 3)
 
 
-def generate(gen_model, backend: str, features, noise, steps: int, device):
-    """Images (B, 3, S, S) in [0, 1] on CPU, the same noise for the same row."""
+def generate(gen_model, backend: str, features, noise, steps: int, device, guidance: float | None = None):
+    """Images (B, 3, S, S) in [0, 1] on CPU, the same noise for the same row; ``guidance`` None:
+    the LDM's own."""
     import torch
 
     with torch.inference_mode(), device.autocast():
         if backend == "gan":
             x = gen_model.generate(features, z=noise)
         else:
-            x = gen_model.sample(features, steps=steps, latents=noise)
+            x = gen_model.sample(features, steps=steps, latents=noise, guidance=guidance)
     return x.float().clamp(0, 1).cpu()
 
 
@@ -243,7 +244,8 @@ def sweep_strip(rows: list[list[np.ndarray]], gains: list[float], pad: int = 2):
 
 
 def run_imagine(sound: str, *, gain: float = 1.0, gain_db: float | None = None, n: int = 1, seed: int = 0,
-                backend: str | None = None, steps: int | None = None, size: int | None = None, model: str | None = None,
+                backend: str | None = None, steps: int | None = None, guidance: float | None = None,
+                size: int | None = None, model: str | None = None,
                 audio_model: str | None = None, out=None, grid=None, sweep_gain: str | None = None,
                 write_images: bool = True, force: bool = False, device=None, extra_provenance: dict | None = None,
                 command: str | None = None) -> dict:
@@ -269,6 +271,11 @@ def run_imagine(sound: str, *, gain: float = 1.0, gain_db: float | None = None, 
         if not 1 <= steps <= 1000:
             raise InputError(f"--steps must be between 1 and 1000, got {steps}")
     steps = steps or DEFAULT_STEPS
+    if guidance is not None:
+        if backend != "ldm":
+            raise InputError("--guidance sets the LDM's classifier-free guidance; add --backend ldm")
+        if not (math.isfinite(guidance) and 0 <= guidance <= 20):
+            raise InputError(f"--guidance must be between 0 and 20, got {guidance}")
     if gain_db is not None and gain != 1.0:
         raise InputError("give either --gain or --gain-db, not both")
     if not (math.isfinite(gain) and gain > 0):
@@ -335,13 +342,13 @@ def run_imagine(sound: str, *, gain: float = 1.0, gain_db: float | None = None, 
     noise = draw_noise(G, backend, n, seed, device)
     total_gain = float(10 ** (gain_db / 20)) if gain_db is not None else float(gain)
     params = {"sound": sound, "gain": total_gain, "n": n, "seed": seed, "backend": backend,
-              "steps": steps if backend == "ldm" else None, "size": out_size, "sweep_gain": gains}
+              "steps": steps if backend == "ldm" else None, "guidance": guidance, "size": out_size, "sweep_gain": gains}
     prov = make_provenance(command=command, models={fa_folder.name: fa_folder.provenance(),
                                                     g_folder.name: g_folder.provenance()}, seed=seed, params=params)
     prov.update(extra_provenance or {})
     written: list[str] = []
     if gains is None:
-        imgs = to_uint8(generate(G, backend, feature(wave).expand(n, -1), noise, steps, device), out_size)
+        imgs = to_uint8(generate(G, backend, feature(wave).expand(n, -1), noise, steps, device, guidance), out_size)
         for i, path in enumerate(plan.images):
             save_image(path, imgs[i], provenance={**prov, "index": i})
             written.append(str(path))
@@ -349,13 +356,15 @@ def run_imagine(sound: str, *, gain: float = 1.0, gain_db: float | None = None, 
             save_image(plan.grid, make_grid(imgs), provenance=prov)
             written.append(str(plan.grid))
     else:
-        columns = [to_uint8(generate(G, backend, feature(wave * np.float32(g)).expand(n, -1), noise, steps, device),
-                            out_size) for g in gains]
+        columns = [to_uint8(generate(G, backend, feature(wave * np.float32(g)).expand(n, -1), noise, steps, device,
+                                     guidance), out_size) for g in gains]
         rows = [[col[i] for col in columns] for i in range(n)]
         save_image(plan.strip, sweep_strip(rows, gains), provenance=prov)
         written.append(str(plan.strip))
     return {"sound": sound, "sources": [[p, g] for p, g in sources], "gain": total_gain, "backend": backend,
             "models": {"audio_encoder": fa_folder.name, "generator": g_folder.name}, "seed": seed, "n": n,
-            "steps": steps if backend == "ldm" else None, "size": out_size, "model_size": model_size, "note": note,
+            "steps": steps if backend == "ldm" else None,
+            "guidance": (guidance if guidance is not None else G.cfg.guidance) if backend == "ldm" else None,
+            "size": out_size, "model_size": model_size, "note": note,
             "sweep_gain": gains, "level": level, "outputs": written, "device": str(device),
             "seconds": round(time.perf_counter() - t0, 3)}

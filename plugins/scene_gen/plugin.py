@@ -43,6 +43,8 @@ def register_commands(app):
         backend: Optional[str] = typer.Option(None, "--backend", help="ldm (latent diffusion, DDIM; the default when "
                                               "scene-ldm-64 is installed) or gan (one pass)."),
         steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps of --backend ldm (default 25)."),
+        guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance of --backend ldm "
+                                                 "(default: the model's; 1 = none, higher follows the sound harder)."),
         size: Optional[int] = typer.Option(None, "--size", help="Output size in px (default: the model's). A 64 px model's "
                                            "images are upscaled to 128 when no 128 px model is installed (with a note)."),
         model: Optional[str] = typer.Option(None, "--model", help="Generator: registry name or folder (default scene-gan-64 / scene-ldm-64)."),
@@ -64,7 +66,7 @@ def register_commands(app):
         from .imagine import run_imagine
 
         report = run_imagine(sound, gain=gain, gain_db=gain_db, n=n, seed=seed, backend=backend, steps=steps,
-                             size=size, model=model, audio_model=audio_model, out=out, grid=grid,
+                             guidance=guidance, size=size, model=model, audio_model=audio_model, out=out, grid=grid,
                              sweep_gain=sweep_gain, force=force, device=session.current().device())
         if as_json:
             typer.echo(json.dumps(report, indent=2))
@@ -86,7 +88,8 @@ def _imagine_step(params: dict, ctx) -> list[Path]:
     as_grid = n > 1 and not sweep
     report = run_imagine(
         params["sound"], gain=params["gain"], gain_db=params.get("gain_db"), n=n, seed=params["seed"],
-        backend=params.get("backend"), steps=params.get("steps"), size=params.get("size"), model=params.get("model"),
+        backend=params.get("backend"), steps=params.get("steps"), guidance=params.get("guidance"), size=params.get("size"),
+        model=params.get("model"),
         audio_model=params.get("audio_model"), out=None if as_grid else params["out"],
         grid=params["out"] if as_grid else None, sweep_gain=sweep, write_images=not as_grid, force=ctx.force,
         device=ctx.device, extra_provenance=ctx.provenance,
@@ -104,7 +107,7 @@ def register_recipe_steps(register):
             "out": Param(str, kind="output", required=True,
                          help="Output PNG: the image (n = 1), a grid of all n, or the sweep strip."),
             "n": Param(int, default=1), "seed": Param(int, default=0),
-            "backend": Param(str, choices=BACKENDS, help="ldm (default when installed) or gan"), "steps": Param(int), "size": Param(int),
+            "backend": Param(str, choices=BACKENDS, help="ldm (default when installed) or gan"), "steps": Param(int), "guidance": Param(float), "size": Param(int),
             "model": Param(str), "audio_model": Param(str),
             "gain": Param(float, default=1.0), "gain_db": Param(float), "sweep_gain": Param(str),
         },
