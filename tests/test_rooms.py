@@ -313,3 +313,13 @@ def test_espeak_utterance():
     assert a is not None and 1.0 < len(a) / SR < 5.0
     assert math.sqrt(np.mean(a.astype(np.float64) ** 2)) < rooms.SPEECH_RMS * 1.01
     assert rooms.espeak_variants()
+
+
+def test_build_without_speech_fails_before_simulating_any_room(tmp_path, monkeypatch):
+    def no_rooms(job):
+        raise AssertionError("a room was simulated before the speech bank was checked")
+
+    monkeypatch.setattr(rooms, "_room_job", no_rooms)
+    with pytest.raises(RuntimeError, match="no dry speech"):
+        rooms.build(rooms.RoomsSpec(rooms=3, speech=0, real_speech=0), seed=5, data_dir=tmp_path, log=lambda *a: None)
+    assert not list(tmp_path.glob("*/meta.json"))

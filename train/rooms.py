@@ -1011,6 +1011,10 @@ def build(spec: RoomsSpec, seed: int = 0, *, data_dir=None, force: bool = False,
     folder.mkdir(parents=True, exist_ok=True)
     log(f"building {spec.rooms} rooms (seed {seed}) in {folder}")
     t_start = time.perf_counter()
+    # the speech bank first: it takes seconds and is what fails on a machine without espeak-ng, so
+    # that never happens after the rooms' minutes of simulation
+    bank, speech = build_speech_bank(spec.speech, seed, real=spec.real_speech, test_frac=spec.test_speech_frac, log=log)
+    t_speech = time.perf_counter() - t_start
     jobs = [(i, seed, spec.n_rays, spec.image_size) for i in range(spec.rooms)]
     results = []
     if workers > 1:
@@ -1026,7 +1030,7 @@ def build(spec: RoomsSpec, seed: int = 0, *, data_dir=None, force: bool = False,
             results.append(_room_job(job))
             if (k + 1) % 50 == 0:
                 log(f"  {k + 1}/{spec.rooms} rooms, {time.perf_counter() - t_start:.0f} s")
-    t_rooms = time.perf_counter() - t_start
+    t_rooms = time.perf_counter() - t_start - t_speech
     rooms = [r["room"] for r in results]
     perm = np.random.default_rng([seed, 3]).permutation(spec.rooms)
     n_unseen = int(round(spec.unseen_frac * spec.rooms))
@@ -1038,9 +1042,6 @@ def build(spec: RoomsSpec, seed: int = 0, *, data_dir=None, force: bool = False,
     for r, h in zip(rooms, rirs):
         r["rir_start"], r["rir_length"] = pos, int(len(h))
         pos += len(h)
-    t0 = time.perf_counter()
-    bank, speech = build_speech_bank(spec.speech, seed, real=spec.real_speech, test_frac=spec.test_speech_frac, log=log)
-    t_speech = time.perf_counter() - t0
     import soundfile as sf
 
     tmp = folder / ".partial"
