@@ -290,3 +290,41 @@ def test_ldm_unet_widths_from_the_command_line_reach_the_card_and_the_loader(sce
     assert _card(out)["config"]["unet_channels"] == [8, 24]
     ldm = loaders.load_ldm(registry.resolve(out), "cpu")
     assert ldm.cfg.unet_channels == (8, 24) and ldm.unet.config.block_out_channels == (8, 24)
+
+
+@needs_diffusers
+def test_ldm_latents_are_centred_per_channel_and_init_from_keeps_the_autoencoder(scene_models, tmp_path):
+    from soundsight import registry
+    from soundsight_train import scene_ldm, scenes
+
+    out = tmp_path / "ldm"
+    common = ["--image-encoder", str(scene_models["fv"])]
+    assert scene_ldm.main(_common(scene_models, tmp_path / "run", out) + common) == 0
+    cfg = _card(out)["config"]
+    assert len(cfg["latent_shift"]) == cfg["latent_channels"]
+    ldm = loaders.load_ldm(registry.resolve(out), "cpu")
+    x = torch.from_numpy(scenes.SceneSplit(scene_models["toy"], "train").images_at(cfg["image_size"]))
+    x = x.permute(0, 3, 1, 2).float() / 255 * 2 - 1
+    with torch.no_grad():
+        z = torch.cat([ldm.encode(x), ldm.encode(x.flip(-1))])
+    # what the UNet learns on: per-channel mean 0 and unit spread (the sampler's starting noise)
+    assert z.mean(dim=(0, 2, 3)).abs().max() < 1e-3
+    assert z.std().item() == pytest.approx(1.0, abs=1e-3)
+    with torch.no_grad():  # the shift is undone by decode: the autoencoder's own reconstruction
+        raw = ldm.vae.decode(ldm.vae.encode(x[:2]).latent_dist.mode()).sample
+        assert torch.allclose(ldm.decode(ldm.encode(x[:2])), raw, atol=1e-4)
+
+    # --init-from: phase 2 from those weights, the autoencoder untouched
+    out2 = tmp_path / "ldm2"
+    assert scene_ldm.main(_common(scene_models, tmp_path / "run2", out2) + common
+                          + ["--init-from", str(out), "--vae-steps", "0"]) == 0
+    card2 = _card(out2)
+    assert card2["training"]["vae_steps"] == 0 and card2["training"]["unet_steps"] == 3
+    a, b = registry.resolve(out).tensors("model.safetensors"), registry.resolve(out2).tensors("model.safetensors")
+    vae_keys = [k for k in a if k.startswith("vae.")]
+    assert vae_keys and all(torch.equal(a[k], b[k]) for k in vae_keys)
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("unet."))
+    assert card2["config"]["latent_shift"] == pytest.approx(cfg["latent_shift"], abs=1e-5)
+    with pytest.raises(SystemExit, match="not the architecture"):
+        scene_ldm.main(_common(scene_models, tmp_path / "run3", tmp_path / "ldm3") + common
+                       + ["--init-from", str(out), "--vae-steps", "0", "--unet-channels", "8,24"])

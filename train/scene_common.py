@@ -386,7 +386,7 @@ def resume_state(args, run: Path, config: dict, log) -> Path | None:
         return None
     saved = json.loads((ck / "state.json").read_text()).get("config", {})
     diff = {k: (saved.get(k), v) for k, v in config.items()
-            if k in saved and json.dumps(saved[k]) != json.dumps(v) and not k.startswith(("norm_", "latent_scale"))}
+            if k in saved and json.dumps(saved[k]) != json.dumps(v) and not k.startswith(("norm_", "latent_scale", "latent_shift"))}
     if diff:
         raise SystemExit(f"error: checkpoint {ck} was trained with a different config (saved vs now: {diff}); "
                          "use another --run-dir")

@@ -7,12 +7,16 @@
 
 Phase 1 (``--vae-steps``): the diffusers ``AutoencoderKL`` of ``LDMConfig`` learns to reconstruct
 the scene images (L1 + MSE + ``--kl-weight`` x KL, random mirror images). Then every training
-image and its mirror image are encoded once (posterior mean) and ``latent_scale`` = 1 / std of
-those latents goes into the config. Phase 2 (``--unet-steps``): the ``UNet2DConditionModel``
+image and its mirror image are encoded once (posterior mean); ``--latent-norm channel`` (the
+default) puts their per-channel mean (``latent_shift``) and ``latent_scale`` = 1 / std of the
+centred latents into the config (``global``: the scale alone, as models before it had; their
+samples came out tinted, the latent mean pulled toward 0). Phase 2 (``--unet-steps``): the ``UNet2DConditionModel``
 learns noise prediction on the scaled latents, conditioned by cross-attention on f_V(image)
 (the frozen image encoder of stage 1; mirrored features for mirrored latents), the condition
 dropped with probability ``cond_drop`` for classifier-free guidance; AdamW; an EMA of the
-weights (``--ema``) is what is written. ``--vae-steps 0`` with ``--resume`` skips to phase 2.
+weights (``--ema``) is what is written. ``--vae-steps 0`` with ``--resume`` skips to phase 2;
+``--init-from MODEL --vae-steps 0`` starts phase 2 from a trained LDM's weights (its autoencoder
+kept, the latents re-normalised).
 
 Evaluation at the end: VAE reconstruction PSNR on val, then DDIM sampling (``--sample-steps``,
 guidance from the config) for ``--eval-n`` val conditions: FID-lite in f_V space and
@@ -64,6 +68,11 @@ def parse(argv=None):
                     help="UNet widths per level, comma-separated, e.g. 32,64,64 (default: the preset's)")
     sc.add_cond_norm_arg(ap)
     ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance in the config (default 2)")
+    ap.add_argument("--latent-norm", choices=["channel", "global"], default="channel",
+                    help="channel: remove the latents' per-channel mean, then scale (default); global: scale only")
+    ap.add_argument("--init-from", default=None, metavar="MODEL",
+                    help="start from a trained LDM (registry name or folder) of the same architecture; with "
+                         "--vae-steps 0 its autoencoder is kept and only the UNet trains")
     ap.add_argument("--sample-steps", type=int, default=25)
     ap.add_argument("--eval-n", type=int, default=200)
     return sc.parse_with_tiny(ap, argv, dict(preset="tiny", size=32, vae_steps=2, unet_steps=3, vae_batch=4, batch=8,
@@ -170,6 +179,15 @@ def main(argv=None) -> int:
     cfg = LDMConfig.for_size(args.size, args.preset, feature_dim=encoder.cfg.feature_dim, **overrides)
     torch.manual_seed(args.seed)
     ldm = SceneLDM(cfg).to(dev.torch_device)
+    if args.init_from and sc.saved_state(args, run) is None:  # a resume continues from its own checkpoint
+        from soundsight.registry import resolve
+
+        src = resolve(args.init_from)
+        try:
+            ldm.load_state_dict(src.tensors("model.safetensors"))
+        except RuntimeError as e:
+            raise SystemExit(f"error: --init-from {src.name}: not the architecture of this run ({e})") from None
+        log(f"initialised from {src.name} (trained {src.card.get('training', {}).get('unet_steps')} UNet steps)")
     ema = copy.deepcopy(ldm).eval().requires_grad_(False) if args.ema > 0 else None
     vae_params = list(ldm.vae.parameters())
     unet_params = [p for n, p in ldm.named_parameters() if not n.startswith("vae.")]
@@ -183,6 +201,7 @@ def main(argv=None) -> int:
     prev = sc.restore(sc.resume_state(args, run, cfg.to_dict(), log), modules, optims, dev, state)
     if prev is not None:
         cfg.latent_scale = prev["config"].get("latent_scale", 1.0)
+        cfg.latent_shift = prev["config"].get("latent_shift")
         state["config"] = cfg.to_dict()  # the config a checkpoint saves follows latent_scale
     gen = sc.batch_generator(args.seed, rank, state["vae_step"] + state["unet_step"])
 
@@ -246,16 +265,22 @@ def main(argv=None) -> int:
         lat = encode_latents(ldm, train_u8, dev)
         lat_flip = encode_latents(ldm, train_u8, dev, flip=True)
         if state["phase"] == "vae":
-            cfg.latent_scale = float(1.0 / torch.cat([lat, lat_flip]).std())
+            both = torch.cat([lat, lat_flip])
+            if args.latent_norm == "channel":
+                mean = both.mean(dim=(0, 2, 3))
+                cfg.latent_shift = tuple(round(float(v), 6) for v in mean)
+                both = both - mean[None, :, None, None]
+            cfg.latent_scale = float(1.0 / both.std())
             state["phase"] = "unet"
             if ema is not None:
                 sc.ema_update(ema, ldm, 0.0)
         state["config"] = cfg.to_dict()
-        lat, lat_flip = lat * cfg.latent_scale, lat_flip * cfg.latent_scale
+        shift = torch.tensor(cfg.latent_shift or [0.0] * cfg.latent_channels)[None, :, None, None]
+        lat, lat_flip = (lat - shift) * cfg.latent_scale, (lat_flip - shift) * cfg.latent_scale
         if ema is not None:
-            ema.cfg.latent_scale = cfg.latent_scale
+            ema.cfg.latent_scale, ema.cfg.latent_shift = cfg.latent_scale, cfg.latent_shift
         log(f"latents: {tuple(lat.shape)} (+ mirrored) in {time.time() - t0:.0f}s; "
-            f"latent_scale {cfg.latent_scale:.4f}")
+            f"latent_scale {cfg.latent_scale:.4f}, latent_shift {cfg.latent_shift}")
 
     # ---- phase 2: UNet -----------------------------------------------------------------------
     if not stopped:
@@ -285,7 +310,7 @@ def main(argv=None) -> int:
 
     if main_proc:
         final = ema if ema is not None else ldm
-        final.cfg.latent_scale = cfg.latent_scale
+        final.cfg.latent_scale, final.cfg.latent_shift = cfg.latent_scale, cfg.latent_shift
         log("final evaluation ...")
         m = evaluate(final, encoder, val_u8, val_f, train_u8, dev, args.eval_n, args.sample_steps)
         loop.curve.write({"step": state["unet_step"], "val_final": m})

@@ -44,6 +44,11 @@ class LDMConfig:
     vae_mid_attention: bool = False
     latent_channels: int = 4
     latent_scale: float = 1.0
+    # per-channel mean of the autoencoder's latents, removed before scaling. The noise schedule
+    # keeps ~7 % of the signal at its last step while sampling starts from zero-mean noise, so a
+    # latent mean left in would be pulled toward 0 (whole pictures tinted). None: no shift
+    # (models trained before it).
+    latent_shift: tuple | None = None
     # stage 2: UNet2DConditionModel on the latents
     unet_channels: tuple = (64, 128, 128)
     unet_attn: tuple = (False, True, True)  # cross-attention blocks per level
@@ -161,11 +166,16 @@ class SceneLDM(nn.Module):
         """Scaled latents of images in [-1, 1] (posterior mean unless ``sample``)."""
         dist = self.vae.encode(images).latent_dist
         z = dist.sample(generator) if sample else dist.mode()
-        return z * self.cfg.latent_scale
+        return (z - self._shift(z)) * self.cfg.latent_scale
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] of scaled latents."""
-        return self.vae.decode(latents / self.cfg.latent_scale).sample
+        return self.vae.decode(latents / self.cfg.latent_scale + self._shift(latents)).sample
+
+    def _shift(self, like: torch.Tensor):
+        if self.cfg.latent_shift is None:
+            return 0.0
+        return torch.tensor(self.cfg.latent_shift, dtype=like.dtype, device=like.device)[None, :, None, None]
 
     # -- training losses ---------------------------------------------------------------------
 
