@@ -320,6 +320,7 @@ def test_ldm_latents_are_centred_per_channel_and_init_from_keeps_the_autoencoder
                           + ["--init-from", str(out), "--vae-steps", "0"]) == 0
     card2 = _card(out2)
     assert card2["training"]["vae_steps"] == 0 and card2["training"]["unet_steps"] == 3
+    assert card2["training"]["init_from"]["path"] == str(out)
     a, b = registry.resolve(out).tensors("model.safetensors"), registry.resolve(out2).tensors("model.safetensors")
     vae_keys = [k for k in a if k.startswith("vae.")]
     assert vae_keys and all(torch.equal(a[k], b[k]) for k in vae_keys)

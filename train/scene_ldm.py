@@ -148,6 +148,10 @@ def write_registry(out, ldm, cfg, args, state, metrics, data, enc_folder):
                 "unet": {"loss": f"{cfg.prediction_type} MSE, condition dropped with p={cfg.cond_drop}",
                          "optimizer": "AdamW", "lr": args.lr, "weight_decay": args.wd, "ema": args.ema},
                 "diffusers_version": diffusers.__version__, "curve": "curve.jsonl in the run folder; samples.png"}
+    if args.init_from:  # the steps above continue that model's (its card has its own history)
+        from soundsight.registry import resolve
+
+        training["init_from"] = sc.model_ref(resolve(args.init_from))
     sc.save_registry(out, args, ldm, cfg, task=TASK, architecture=ARCHITECTURE, training=training, metrics=metrics,
                      data=data,
                      extra={"conditioning": {"image_encoder": sc.model_ref(enc_folder)},
