@@ -129,6 +129,17 @@ def test_volume_stats_and_mix_pairs():
     np.testing.assert_array_equal(pairs, mix_pairs(labels, n_obj, 50, seed=0))
 
 
+def test_bias_floor_partners_and_constant_guess():
+    from soundsight_train.eval_scene import constant_guess_r1, other_class_partners
+
+    labels = np.array([0, 0, 1, 2, 2, 2, 1])
+    p = other_class_partners(labels, seed=0)
+    assert all(labels[j] != labels[i] for i, j in enumerate(p))  # always another class
+    np.testing.assert_array_equal(p, other_class_partners(labels, seed=0))
+    np.testing.assert_array_equal(other_class_partners(np.array([4, 4]), seed=0), [0, 1])  # nobody else: itself
+    assert constant_guess_r1(labels) == round(3 / 7, 4)
+
+
 # --------------------------------------------------------------------------------------------
 # the training entrypoint (tiny, on the toy scenes)
 
@@ -193,10 +204,11 @@ def _eval(scene_models, out, *extra):
 def test_eval_scene_table_and_controls(scene_models, tmp_path):
     res, md = _eval(scene_models, tmp_path)
     keys = [r["key"] for r in res["rows"]]
-    assert keys == ["A-gan", "B-gan", *(["A-ldm", "B-ldm"] if "ldm" in scene_models else []), "C", "D"]
+    assert keys == ["A-gan", "B-gan", "B0-gan", *(["A-ldm", "B-ldm", "B0-ldm"] if "ldm" in scene_models else []),
+                    "C", "D"]
     for r in res["rows"]:
         assert r["n"] == 8 and 0 <= r["r1"] <= r["r5"] <= 1 and 0 <= r["r1_any"] <= 1
-        assert (r["fid"] is None) == (r["key"] == "D")
+        assert (r["fid"] is None) == (r["key"] == "D" or r["key"].startswith("B0"))
         assert r["fid"] is None or (math.isfinite(r["fid"]) and r["fid"] >= -1e-6)
         assert r["size_corr"] is None or -1 <= r["size_corr"] <= 1
     by = {r["key"]: r for r in res["rows"]}
@@ -219,7 +231,7 @@ def test_eval_scene_table_and_controls(scene_models, tmp_path):
 
 def test_eval_scene_subset_and_no_ldm(scene_models, tmp_path):
     res, md = _eval(scene_models, tmp_path, "--n", "5", "--ldm", "none")
-    assert [r["key"] for r in res["rows"]] == ["A-gan", "B-gan", "C", "D"]
+    assert [r["key"] for r in res["rows"]] == ["A-gan", "B-gan", "B0-gan", "C", "D"]
     assert all(r["n"] == 5 for r in res["rows"]) and "ldm" not in res["controls"]
     assert "LDM" not in md.split("\n\n")[1]
     from soundsight_train import eval_scene

@@ -220,6 +220,25 @@ def mix_pairs(labels: np.ndarray, n_objects: np.ndarray, count: int, seed: int) 
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 
 
+def other_class_partners(labels: np.ndarray, seed: int) -> np.ndarray:
+    """For each sound, a seeded random sound of another class (its own index when there is none).
+    A generator fed the partner's features and judged against the sound's own class scores only
+    what it draws whatever the sound: its bias, together with the judge's."""
+    rng = np.random.default_rng([seed, 17])
+    out = np.arange(len(labels))
+    for i in range(len(labels)):
+        others = np.flatnonzero(labels != labels[i])
+        if len(others):
+            out[i] = rng.choice(others)
+    return out
+
+
+def constant_guess_r1(labels: np.ndarray) -> float:
+    """R@1 of always naming the most frequent class: the floor a biased generator reaches with
+    no information from the sound."""
+    return round(float(np.bincount(labels).max() / len(labels)), 4) if len(labels) else 0.0
+
+
 # --------------------------------------------------------------------------------------------
 # the evaluation
 
@@ -283,6 +302,9 @@ def run(args) -> dict:
     t0 = time.time()
     add_row("A-gan", "A", "GAN from the true image's f_V features", gan_images(G, z_v, z, dev, args.batch))
     add_row("B-gan", "B", "ours: GAN from the sound (f_A)", gan_images(G, z_a, z, dev, args.batch))
+    partner = torch.from_numpy(other_class_partners(split.labels[idx, 0], args.seed))
+    add_row("B0-gan", "B0", "GAN from another class's sound (bias floor)", gan_images(G, z_a[partner], z, dev, args.batch),
+            with_fid=False)
     log(f"GAN rows: {time.time() - t0:.0f}s")
     lat = None
     if ldm is not None:
@@ -292,6 +314,8 @@ def run(args) -> dict:
                 ldm_images(ldm, z_v[:n_ldm], lat, args.steps, args.guidance, dev, args.batch))
         add_row("B-ldm", "B", f"ours: LDM from the sound ({args.steps} DDIM steps)",
                 ldm_images(ldm, z_a[:n_ldm], lat, args.steps, args.guidance, dev, args.batch))
+        add_row("B0-ldm", "B0", "LDM from another class's sound (bias floor)",
+                ldm_images(ldm, z_a[partner[:n_ldm]], lat, args.steps, args.guidance, dev, args.batch), with_fid=False)
         log(f"LDM rows: {time.time() - t0:.0f}s")
 
     # (C) nearest training image by audio feature
@@ -363,6 +387,7 @@ def run(args) -> dict:
             "seed": args.seed, "ldm_steps": args.steps if ldm is not None else None,
             "models": refs, "rows": rows, "fid_floor_val_vs_test": fid_floor,
             "random_ranking": {"r1": round(1 / n_classes, 4), "r5": round(min(5, n_classes) / n_classes, 4)},
+            "constant_guess_r1": constant_guess_r1(split.labels[idx, 0].astype(np.int64)),
             # the controls' chance levels: a random order of the three sizes; a random class ranking
             "chance": {"volume_monotonic": round(1 / math.factorial(len(VOLUME)), 4), "volume_ends": 0.5,
                        "both_top3": round(6 / (n_classes * (n_classes - 1)), 4) if n_classes > 2 else 1.0},
@@ -385,7 +410,10 @@ def markdown(res: dict) -> str:
                      f"{_f(r['size_corr'], 2)} |")
     rr = res["random_ranking"]
     lines += ["", f"R@k: the sound's (loudest object's) class among the evaluator's top k classes of the image; "
-              f"a random ranking gives R@1 {rr['r1']:.3f}, R@5 {rr['r5']:.3f}. FID against the real test images; "
+              f"a random ranking gives R@1 {rr['r1']:.3f}, R@5 {rr['r5']:.3f}; always naming the most frequent "
+              f"class gives R@1 {res.get('constant_guess_r1', float('nan')):.3f}. (B0): the same generator, noise and "
+              "judge, fed a sound of another class: what it scores with no class information from the sound. "
+              "FID against the real test images; "
               f"real val images (training stamps, new compositions) score {res['fid_floor_val_vs_test']:.2f}. "
               "Size corr.: correlation of the evaluator's size estimate of the loudest object in the image with "
               "its true size in the test scene (does the picture keep the sound's scale?).", ""]
