@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 
 
@@ -52,11 +51,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from soundsight.registry import resolve
     from soundsight_plugins.scene_gen.loaders import load_image_encoder
-    from soundsight_train.scenes import SceneSplit, default_data_dir
+    from soundsight_train import scene_common as sc
+    from soundsight_train.scenes import SceneSplit
 
-    ds = SceneSplit(args.data or default_data_dir() / "scenes-5s-s0", "val")
+    ds = SceneSplit(sc.find_scenes(args.data), "val")
     fv = load_image_encoder(resolve(args.image_encoder), "cpu")
-    x = torch.from_numpy(np.ascontiguousarray(ds.images_at(fv.cfg.image_size)[: args.n])).permute(0, 3, 1, 2).float() / 255
+    x = sc.to_unit(sc.images_nchw(ds, fv.cfg.image_size)[: args.n], "cpu")
     print(f"{args.n} val conditions, DDIM {args.steps} steps, each model's own guidance")
     print("| model | latent mean per channel: real | samples | mean RGB: real | samples | mean abs RGB error |")
     print("|---|---|---|---|---|---|")

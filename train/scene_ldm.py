@@ -183,7 +183,7 @@ def main(argv=None) -> int:
     cfg = LDMConfig.for_size(args.size, args.preset, feature_dim=encoder.cfg.feature_dim, **overrides)
     torch.manual_seed(args.seed)
     ldm = SceneLDM(cfg).to(dev.torch_device)
-    if args.init_from and sc.saved_state(args, run) is None:  # a resume continues from its own checkpoint
+    if args.init_from and saved is None:  # a resume continues from its own checkpoint
         from soundsight.registry import resolve
 
         src = resolve(args.init_from)
@@ -193,6 +193,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"error: --init-from {src.name}: not the architecture of this run ({e})") from None
         log(f"initialised from {src.name} (trained {src.card.get('training', {}).get('unet_steps')} UNet steps)")
     ema = copy.deepcopy(ldm).eval().requires_grad_(False) if args.ema > 0 else None
+    if ema is not None:
+        ema.cfg = cfg  # one config: the latent statistics measured below (or restored) hold for both
     vae_params = list(ldm.vae.parameters())
     unet_params = [p for n, p in ldm.named_parameters() if not n.startswith("vae.")]
     opt_vae = torch.optim.AdamW(vae_params, lr=args.vae_lr, weight_decay=0.0)
@@ -279,10 +281,7 @@ def main(argv=None) -> int:
             if ema is not None:
                 sc.ema_update(ema, ldm, 0.0)
         state["config"] = cfg.to_dict()
-        shift = torch.tensor(cfg.latent_shift or [0.0] * cfg.latent_channels)[None, :, None, None]
-        lat, lat_flip = (lat - shift) * cfg.latent_scale, (lat_flip - shift) * cfg.latent_scale
-        if ema is not None:
-            ema.cfg.latent_scale, ema.cfg.latent_shift = cfg.latent_scale, cfg.latent_shift
+        lat, lat_flip = ldm.normalize(lat), ldm.normalize(lat_flip)
         log(f"latents: {tuple(lat.shape)} (+ mirrored) in {time.time() - t0:.0f}s; "
             f"latent_scale {cfg.latent_scale:.4f}, latent_shift {cfg.latent_shift}")
 
@@ -314,7 +313,6 @@ def main(argv=None) -> int:
 
     if main_proc:
         final = ema if ema is not None else ldm
-        final.cfg.latent_scale, final.cfg.latent_shift = cfg.latent_scale, cfg.latent_shift
         log("final evaluation ...")
         m = evaluate(final, encoder, val_u8, val_f, train_u8, dev, args.eval_n, args.sample_steps)
         loop.curve.write({"step": state["unet_step"], "val_final": m})

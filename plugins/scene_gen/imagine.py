@@ -340,6 +340,8 @@ def run_imagine(sound: str, *, gain: float = 1.0, gain_db: float | None = None, 
             return fa.embed(torch.from_numpy(w)[None].to(dev_t))
 
     noise = draw_noise(G, backend, n, seed, device)
+    if backend == "ldm" and guidance is None:
+        guidance = G.cfg.guidance  # the provenance and the report name what was used
     total_gain = float(10 ** (gain_db / 20)) if gain_db is not None else float(gain)
     params = {"sound": sound, "gain": total_gain, "n": n, "seed": seed, "backend": backend,
               "steps": steps if backend == "ldm" else None, "guidance": guidance, "size": out_size, "sweep_gain": gains}
@@ -364,7 +366,7 @@ def run_imagine(sound: str, *, gain: float = 1.0, gain_db: float | None = None, 
     return {"sound": sound, "sources": [[p, g] for p, g in sources], "gain": total_gain, "backend": backend,
             "models": {"audio_encoder": fa_folder.name, "generator": g_folder.name}, "seed": seed, "n": n,
             "steps": steps if backend == "ldm" else None,
-            "guidance": (guidance if guidance is not None else G.cfg.guidance) if backend == "ldm" else None,
+            "guidance": guidance,
             "size": out_size, "model_size": model_size, "note": note,
             "sweep_gain": gains, "level": level, "outputs": written, "device": str(device),
             "seconds": round(time.perf_counter() - t0, 3)}

@@ -165,12 +165,15 @@ class SceneLDM(nn.Module):
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False):
         """Scaled latents of images in [-1, 1] (posterior mean unless ``sample``)."""
         dist = self.vae.encode(images).latent_dist
-        z = dist.sample(generator) if sample else dist.mode()
-        return (z - self._shift(z)) * self.cfg.latent_scale
+        return self.normalize(dist.sample(generator) if sample else dist.mode())
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] of scaled latents."""
         return self.vae.decode(latents / self.cfg.latent_scale + self._shift(latents)).sample
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        """The autoencoder's raw latents in the units the UNet learns on (``latent_shift``, ``latent_scale``)."""
+        return (z - self._shift(z)) * self.cfg.latent_scale
 
     def _shift(self, like: torch.Tensor):
         if self.cfg.latent_shift is None:
