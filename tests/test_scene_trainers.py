@@ -180,6 +180,34 @@ def test_gan_resume_continues_from_the_saved_step(scene_models, tmp_path):
         scene_gan.main([*common, "--steps", str(saved + 2), "--resume", "--ch", "8"])
 
 
+def test_standing_stats_fit_the_batch_norm_statistics_to_the_weights():
+    """The EMA copy of G inherits the live G's batch-norm running statistics, which do not fit
+    its averaged weights; standing_stats recomputes them, so G in eval mode draws what the same
+    weights draw with batch statistics."""
+    from soundsight.device import resolve_device
+    from soundsight_plugins.scene_gen.gan import GANConfig, Generator
+    from soundsight_train.scene_gan import standing_stats
+
+    torch.manual_seed(0)
+    cfg = GANConfig.for_size(32, "tiny")
+    g = Generator(cfg)
+    bns = [m for m in g.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:  # statistics of other weights
+        m.running_mean.fill_(2.0)
+        m.running_var.fill_(9.0)
+    feats = torch.nn.functional.normalize(torch.randn(64, cfg.feature_dim), dim=-1)
+    gen = torch.Generator().manual_seed(1)
+    z, f = g.sample_z(256, gen), feats[torch.randint(64, (256,), generator=gen)]
+    with torch.no_grad():
+        stale = g.eval()(z, f)
+        standing_stats(g, feats, resolve_device("cpu"), batches=20, batch=32)
+        fresh = g(z, f)
+        assert not g.training and all(m.momentum == 0.1 for m in bns)
+        batch_stats = g.train()(z, f)
+    err_stale, err_fresh = (stale - batch_stats).abs().mean(), (fresh - batch_stats).abs().mean()
+    assert err_fresh < 0.2 * err_stale, (err_fresh, err_stale)
+
+
 def test_gan_recon_term_is_trained_and_recorded(scene_models, tmp_path):
     from soundsight_train import scene_gan
 

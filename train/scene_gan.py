@@ -88,6 +88,32 @@ def knn_indices(feats: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
 
 
 @torch.no_grad()
+def standing_stats(G, feats: torch.Tensor, dev, batches: int = 40, batch: int = 32, seed: int = 0) -> None:
+    """BigGAN's standing statistics: G's batch-norm running statistics (and spectral-norm power
+    iterates) recomputed for its current weights, from ``batches`` batches of training conditions.
+
+    The EMA copy's weights average the last ~1 / (1 - decay) steps, so the live G's running
+    statistics it inherits do not fit them: on runs/gan-std (1662 steps) the EMA with inherited
+    statistics scored val FID-lite 23.4, with standing statistics 2.5, the live G 1.6.
+    """
+    g = sc.unwrap(G)
+    was = g.training
+    bns = [m for m in g.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches below
+    g.train()
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(batches):
+        idx = torch.randint(len(feats), (batch,), generator=gen)
+        with dev.autocast():
+            g(g.sample_z(batch, gen).to(dev.torch_device), feats[idx].to(dev.torch_device))
+    for m in bns:
+        m.momentum = 0.1
+    g.train(was)
+
+
+@torch.no_grad()
 def evaluate(G, encoder, val_u8, val_f, train_u8, dev, n: int, seed: int = 0) -> tuple[dict, torch.Tensor]:
     g = sc.unwrap(G)
     was = g.training
@@ -126,7 +152,7 @@ def write_registry(out, G, cfg, args, state, metrics, data, enc_folder):
                 "world_size": state["world"], "seconds": round(state["elapsed"], 1), "device": state["device"],
                 "loss": "hinge", "optimizer": {"type": "Adam", "lr_g": args.lr_g, "lr_d": args.lr_d,
                                                "betas": [args.beta1, args.beta2], "d_steps": args.d_steps},
-                "ema": args.ema, "weights": "EMA of G" if args.ema > 0 else "G", "neighbours": args.neighbours,
+                "ema": args.ema, "weights": "EMA of G, standing batch-norm statistics" if args.ema > 0 else "G", "neighbours": args.neighbours,
                 "diffaugment": args.diffaug,
                 "recon": {"weight": args.recon, "pool": args.recon_pool, "loss": "L1 of average-pooled images"}
                 if args.recon > 0 else None,
@@ -243,6 +269,8 @@ def main(argv=None) -> int:
                 "d_real": logits[:len(x)].detach().float().mean(), "d_fake": d_fake.detach().float().mean()}
 
     def evaluate_now(step):
+        if G_ema is not None:
+            standing_stats(G_ema, feats, dev)
         m, _ = evaluate(G_ema or G, encoder, val_u8, val_f, train_u8, dev, min(args.eval_n, 200))
         sample_grid(G_ema or G, val_u8, val_f, run / f"samples-{step:06d}.png")
         return m, (f"eval: FID-lite {m['fid_fv']} (real floor {m['fid_fv_real_train_vs_val']}); cond cosine "
@@ -257,6 +285,8 @@ def main(argv=None) -> int:
     if main_proc:
         log("final evaluation ...")
         final = G_ema or G
+        if G_ema is not None:
+            standing_stats(G_ema, feats, dev)
         m, _ = evaluate(final, encoder, val_u8, val_f, train_u8, dev, args.eval_n)
         loop.curve.write({"step": step, "val_final": m})
         grid = sample_grid(final, val_u8, val_f, run / "samples.png")
