@@ -164,9 +164,13 @@ def test_gan_resume_continues_from_the_saved_step(scene_models, tmp_path):
     run, out = _copy_run(scene_models, "gan", tmp_path), tmp_path / "gan-more"
     saved = _state(run)["step"]
     before = _curve(run)
+    with open(run / "curve.jsonl", "a") as f:  # a step trained after the last checkpoint, then killed
+        f.write(json.dumps({"step": saved + 1, "loss_d": 99.0, "loss_g": 99.0}) + "\n")
     common = _common(scene_models, run, out) + ["--image-encoder", str(scene_models["fv"]), "--size", "64"]
     assert scene_gan.main([*common, "--steps", str(saved + 1), "--resume"]) == 0
+    assert _curve(run)[:len(before)] == before  # the lost step's record is gone, the rest kept
     assert _new_training_steps(before, _curve(run)) == [saved + 1]
+    assert all(r.get("loss_d") != 99.0 for r in _curve(run))
     assert _state(run)["step"] == saved + 1 and _card(out)["training"]["steps"] == saved + 1
     G = loaders.load_gan(registry.resolve(out), "cpu")
     old = registry.resolve(scene_models["gan"]).tensors()

@@ -5,6 +5,11 @@ grad scaler's) state plus the torch RNG in ``optim.pt`` (read back with
 ``torch.load(weights_only=True)``, so no pickle code runs) and ``state.json``. The folder is
 written as ``.ckpt.tmp`` and swapped in by renames, so a run killed mid-write still has its
 previous checkpoint.
+
+``state.json`` also records how long the run's ``curve.jsonl`` was at the checkpoint. A resume
+drops the records written after that point for steps past the checkpoint (of a run killed
+between checkpoints): those steps are trained again and would otherwise appear twice. Records
+of the checkpoint's own step (a final evaluation) stay.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from pathlib import Path
 import torch
 
 from soundsight_train.distributed import unwrap
+
+CURVE = "curve.jsonl"  # a run's learning curve, next to its ckpt folder
 
 
 def save_checkpoint(run: Path, modules: dict, optimizers: dict, state: dict, extra: dict | None = None) -> None:
@@ -33,6 +40,9 @@ def save_checkpoint(run: Path, modules: dict, optimizers: dict, state: dict, ext
     opt["torch_rng"] = torch.get_rng_state()
     opt.update(extra or {})
     torch.save(opt, tmp / "optim.pt")
+    curve = run / CURVE
+    if curve.is_file():
+        state = {**state, "curve_bytes": curve.stat().st_size}
     (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str) + "\n")
     ck, old = run / "ckpt", run / ".ckpt.old"
     if ck.exists():
@@ -56,7 +66,34 @@ def load_checkpoint(ck: Path, modules: dict, optimizers: dict, device) -> tuple[
             o.load_state_dict(opt[name])
     if opt.get("torch_rng") is not None:
         torch.set_rng_state(opt["torch_rng"].cpu())
-    return json.loads((ck / "state.json").read_text()), opt
+    state = json.loads((ck / "state.json").read_text())
+    rewind_curve(ck.parent / CURVE, state)
+    return state, opt
+
+
+def rewind_curve(curve: Path, state: dict) -> None:
+    """Drop the records of steps past checkpoint ``state`` written after it; a checkpoint from
+    before curve lengths were recorded leaves the curve as it is."""
+    length = state.get("curve_bytes")
+    if length is None or not curve.is_file() or curve.stat().st_size <= length:
+        return
+    with open(curve, "rb") as f:
+        head, tail = f.read(length), f.read()
+
+    def past(line: bytes) -> bool:
+        try:
+            rec = json.loads(line)
+        except ValueError:  # a line cut short by the kill
+            return True
+        if "step" in rec and "step" in state:
+            return rec["step"] > state["step"]
+        # a trainer with a step per phase (scene_ldm): training seconds, rounded to 0.1 in records
+        return rec.get("elapsed", 0.0) > state.get("elapsed", 0.0) + 0.05
+
+    kept = [line for line in tail.splitlines(keepends=True) if line.strip() and not past(line)]
+    tmp = curve.with_suffix(".tmp")
+    tmp.write_bytes(head + b"".join(kept))
+    tmp.replace(curve)
 
 
 # A generator / discriminator pair with a mixed-precision grad scaler (forecast, avitar): the file

@@ -472,6 +472,7 @@ def main(argv=None) -> int:
                 state.update(best_val=round(val, 5), best_step=step)
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             curve.write(json.dumps({"step": step, "val": round(val, 5), "elapsed": round(now - t_start, 1)}) + "\n")
+            curve.flush()  # a checkpoint records the curve's length
         if step % args.log_every == 0:
             rec = {"step": step, "loss": round(acc / n_acc, 5), "lr": round(opt.param_groups[0]["lr"], 7),
                    "elapsed": round(now - t_start, 1)}
