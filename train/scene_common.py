@@ -436,7 +436,8 @@ class Meter:
 
 
 def ema_update(ema, model, decay: float) -> None:
-    """ema ← decay·ema + (1-decay)·model for parameters; buffers (BN stats, SN vectors) copied."""
+    """ema ← decay·ema + (1-decay)·model for parameters; buffers (BN stats, SN vectors) copied,
+    so an EMA with batch norm needs its own statistics before use (scene_gan.standing_stats)."""
     with torch.no_grad():
         for pe, p in zip(ema.parameters(), model.parameters()):
             pe.lerp_(p.detach(), 1.0 - decay)
