@@ -302,7 +302,7 @@ def run(args) -> dict:
     t0 = time.time()
     add_row("A-gan", "A", "GAN from the true image's f_V features", gan_images(G, z_v, z, dev, args.batch))
     add_row("B-gan", "B", "ours: GAN from the sound (f_A)", gan_images(G, z_a, z, dev, args.batch))
-    partner = torch.from_numpy(other_class_partners(split.labels[idx, 0], args.seed))
+    partner = torch.from_numpy(other_class_partners(labels[:, 0].numpy(), args.seed))
     add_row("B0-gan", "B0", "GAN from another class's sound (bias floor)", gan_images(G, z_a[partner], z, dev, args.batch),
             with_fid=False)
     log(f"GAN rows: {time.time() - t0:.0f}s")
@@ -387,7 +387,7 @@ def run(args) -> dict:
             "seed": args.seed, "ldm_steps": args.steps if ldm is not None else None,
             "models": refs, "rows": rows, "fid_floor_val_vs_test": fid_floor,
             "random_ranking": {"r1": round(1 / n_classes, 4), "r5": round(min(5, n_classes) / n_classes, 4)},
-            "constant_guess_r1": constant_guess_r1(split.labels[idx, 0].astype(np.int64)),
+            "constant_guess_r1": constant_guess_r1(labels[:, 0].numpy()),
             # the controls' chance levels: a random order of the three sizes; a random class ranking
             "chance": {"volume_monotonic": round(1 / math.factorial(len(VOLUME)), 4), "volume_ends": 0.5,
                        "both_top3": round(6 / (n_classes * (n_classes - 1)), 4) if n_classes > 2 else 1.0},

@@ -99,6 +99,7 @@ def standing_stats(G, feats: torch.Tensor, dev, batches: int = 40, batch: int = 
     g = sc.unwrap(G)
     was = g.training
     bns = [m for m in g.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over the batches below
@@ -108,8 +109,8 @@ def standing_stats(G, feats: torch.Tensor, dev, batches: int = 40, batch: int = 
         idx = torch.randint(len(feats), (batch,), generator=gen)
         with dev.autocast():
             g(g.sample_z(batch, gen).to(dev.torch_device), feats[idx].to(dev.torch_device))
-    for m in bns:
-        m.momentum = 0.1
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
     g.train(was)
 
 
@@ -268,11 +269,17 @@ def main(argv=None) -> int:
         return {**extra, "loss_d": loss_d.detach(), "loss_g": loss_g.detach(),
                 "d_real": logits[:len(x)].detach().float().mean(), "d_fake": d_fake.detach().float().mean()}
 
+    def sampler():
+        """The G that is evaluated and written: the EMA, with its own batch-norm statistics."""
+        if G_ema is None:
+            return G
+        standing_stats(G_ema, feats, dev)
+        return G_ema
+
     def evaluate_now(step):
-        if G_ema is not None:
-            standing_stats(G_ema, feats, dev)
-        m, _ = evaluate(G_ema or G, encoder, val_u8, val_f, train_u8, dev, min(args.eval_n, 200))
-        sample_grid(G_ema or G, val_u8, val_f, run / f"samples-{step:06d}.png")
+        g = sampler()
+        m, _ = evaluate(g, encoder, val_u8, val_f, train_u8, dev, min(args.eval_n, 200))
+        sample_grid(g, val_u8, val_f, run / f"samples-{step:06d}.png")
         return m, (f"eval: FID-lite {m['fid_fv']} (real floor {m['fid_fv_real_train_vs_val']}); cond cosine "
                    f"{m['cond_cosine']} vs unpaired {m['cond_cosine_unpaired']}")
 
@@ -284,9 +291,7 @@ def main(argv=None) -> int:
 
     if main_proc:
         log("final evaluation ...")
-        final = G_ema or G
-        if G_ema is not None:
-            standing_stats(G_ema, feats, dev)
+        final = sampler()
         m, _ = evaluate(final, encoder, val_u8, val_f, train_u8, dev, args.eval_n)
         loop.curve.write({"step": step, "val_final": m})
         grid = sample_grid(final, val_u8, val_f, run / "samples.png")
