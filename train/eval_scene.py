@@ -326,7 +326,7 @@ def run(args) -> dict:
     retrieved = sc.to_unit(sc.images_nchw(train, ev_size)[nearest], "cpu")
     add_row("C", "C", "retrieval: nearest training image by f_A -> f_V", retrieved)
     log(f"retrieval over {len(train_f)} training images: {time.time() - t0:.0f}s")
-    add_row("D", "D", "real test images", real, with_fid=False)
+    add_row("D", "D", f"real {args.split} images", real, with_fid=False)
     val = scenes.SceneSplit(folder, "val")
     fid_floor = fid(sc.to_unit(sc.images_nchw(val, ev_size), "cpu"))
 
@@ -400,9 +400,15 @@ def _f(v, nd=3):
     return "—" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
+SPLIT_NATURE = {"test": "held-out stamps and recordings",
+                "val": "the training stamps and recordings in new compositions"}
+
+
 def markdown(res: dict) -> str:
-    lines = [f"Held-out sounds: {res['dataset']} `{res['split']}` split, {res['n']} sounds "
-             f"({res['classes_in_split']} of {res['classes']} classes; held-out stamps and recordings). "
+    split = res["split"]
+    what = SPLIT_NATURE.get(split, "")
+    lines = [f"{'Held-out sounds' if split == 'test' else 'Sounds'}: {res['dataset']} `{split}` split, {res['n']} sounds "
+             f"({res['classes_in_split']} of {res['classes']} classes{'; ' + what if what else ''}). "
              f"Judge: {res['models']['evaluator']['name']}; one image per sound, seed {res['seed']}.", "",
              "| row | method | R@1 | R@5 | FID (evaluator features) | size corr. |", "|---|---|---|---|---|---|"]
     for r in res["rows"]:
@@ -413,10 +419,11 @@ def markdown(res: dict) -> str:
               f"a random ranking gives R@1 {rr['r1']:.3f}, R@5 {rr['r5']:.3f}; always naming the most frequent "
               f"class gives R@1 {res.get('constant_guess_r1', float('nan')):.3f}. (B0): the same generator, noise and "
               "judge, fed a sound of another class: what it scores with no class information from the sound. "
-              "FID against the real test images; "
-              f"real val images (training stamps, new compositions) score {res['fid_floor_val_vs_test']:.2f}. "
-              "Size corr.: correlation of the evaluator's size estimate of the loudest object in the image with "
-              "its true size in the test scene (does the picture keep the sound's scale?).", ""]
+              f"FID against the real {split} images"
+              + (f"; real val images (training stamps, new compositions) score {res['fid_floor_val_vs_test']:.2f}. "
+                 if split != "val" else ". ")
+              + "Size corr.: correlation of the evaluator's size estimate of the loudest object in the image with "
+              f"its true size in the {split} scene (does the picture keep the sound's scale?).", ""]
     backs = [b for b in ("gan", "ldm") if b in res["controls"]]
     ch = res["chance"]
     lines += ["| control | " + " | ".join(b.upper() for b in backs) + " | real images | chance | target |",
