@@ -184,6 +184,24 @@ def test_edit_arithmetic():
         E.EditPlan("shout", [1.0])
 
 
+def test_add_rule_adds_only_the_sounds_departure_from_the_mean():
+    g = torch.Generator().manual_seed(1)
+    zv, za, m = (E.unit(torch.randn(1, 8, generator=g)) for _ in range(3))
+    mean = 0.7 * m[0]  # a real mean feature is shorter than the unit features it averages
+    torch.testing.assert_close(E.insert_added(zv, za, 0.0, mean), zv)
+    torch.testing.assert_close(E.insert_added(3 * zv, 2 * za, 0.5, mean), zv + 0.5 * (za - mean))
+    # a sound whose feature is the mean scene adds nothing, at any strength (mix would replace the photo's)
+    torch.testing.assert_close(E.insert_added(zv, 5 * m, 2.0, m[0]), zv)
+    assert not torch.allclose(E.insert_sound(zv, m, 1.0), zv)
+    plan = E.EditPlan("insert", [0.5, 1.0], rule="add", mean=mean)
+    conds = E.edit_conditions(plan, zv, {"sound": za})
+    torch.testing.assert_close(conds[1] - conds[0], 0.5 * (za[0] - mean))
+    with pytest.raises(ValueError, match="mean feature"):
+        E.EditPlan("insert", [1.0], rule="add")
+    with pytest.raises(ValueError, match="insert rule"):
+        E.EditPlan("insert", [1.0], rule="shout")
+
+
 def test_composite_keeps_the_photo_where_nothing_changed():
     rng = np.random.default_rng(0)
     photo = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
@@ -265,6 +283,28 @@ def test_same_seed_same_edit_and_volume_modes(tmp_path, tiny, inputs):
     assert not np.array_equal(outs[0], outs[2]) and not np.array_equal(outs[0], outs[3])
 
 
+def test_add_rule_with_a_standardised_generator(tmp_path, tiny, inputs):
+    from soundsight.registry import save_model
+    from soundsight_plugins.scene_gen.gan import GANConfig, Generator
+
+    G = tiny["modules"]["g"]
+    d = G.cfg.feature_dim
+    mean = 0.7 * torch.nn.functional.normalize(torch.randn(d, generator=torch.Generator().manual_seed(3)), dim=0)
+    cfg = GANConfig.from_dict({**G.cfg.to_dict(), "norm_cond_mean": [float(v) for v in mean], "norm_cond_scale": 2.0})
+    G2 = Generator(cfg)
+    G2.load_state_dict(G.state_dict())
+    g2 = save_model(tmp_path / "g2", name="tiny-g-std", task="scene-generation", architecture="scene-icgan",
+                    config=cfg.to_dict(), tensors={"model.safetensors": G2.state_dict()})
+    add = _edit(tiny, inputs, tmp_path / "add.png", generator=str(g2), rule="add", seed=1)
+    mix = _edit(tiny, inputs, tmp_path / "mix.png", generator=str(g2), rule="mix", seed=1)
+    assert add["rule"] == "add" and mix["rule"] == "mix"
+    assert not np.array_equal(pixels(tmp_path / "add.png"), pixels(tmp_path / "mix.png"))
+    with Image.open(tmp_path / "add.png") as im:
+        assert json.loads(im.text["soundsight"])["params"]["rule"] == "add"
+    vol = _edit(tiny, inputs, tmp_path / "vol.png", generator=str(g2), rule="add", louder=True)
+    assert vol["rule"] is None  # the rule is an insert's; a volume edit ignores it
+
+
 def test_refine_flag_and_gains(tmp_path, tiny, inputs):
     rep = _edit(tiny, inputs, tmp_path / "r.png", steps=4, refine=True, gains="3,1", strength=0.7,
                 composite="residual")
@@ -281,6 +321,8 @@ def test_refine_flag_and_gains(tmp_path, tiny, inputs):
     ("bad-gains", "--gains"),
     ("bad-sweep", "--sweep"),
     ("bad-composite", "--composite"),
+    ("bad-rule", "--rule"),
+    ("add-without-mean", "standardised condition"),
     ("unknown-model", "not installed"),
     ("wrong-model", "not 'scene-generation'"),
     ("exists", "exists"),
@@ -308,6 +350,10 @@ def test_errors_write_nothing(tmp_path, tiny, inputs, case, needle):
         kw["sweep"] = "0,a"
     elif case == "bad-composite":
         kw["composite"] = "paste"
+    elif case == "bad-rule":
+        kw["rule"] = "blend"
+    elif case == "add-without-mean":
+        kw["rule"] = "add"  # the tiny G was trained without the standardised condition
     elif case == "unknown-model":
         kw["generator"] = "no-such-gan"
     elif case == "wrong-model":

@@ -61,6 +61,8 @@ def parse(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="inversion steps (default: the command's)")
     ap.add_argument("--refine", type=int, default=0, help="per-image generator fine-tuning steps (0: off)")
     ap.add_argument("--strengths", default="0.5,0.75,1", help="insert strengths λ")
+    ap.add_argument("--insert-rule", default="mix", choices=["mix", "add"],
+                    help="mix: (1 - λ) z_V + λ z_A (the paper's); add: z_V + λ (z_A - μ)")
     ap.add_argument("--volume-strengths", default="0.5,1,2", help="volume-edit strengths λ")
     ap.add_argument("--volume-gains", default="2,0.5", help="g1,g2 of --louder (--quieter swaps them)")
     ap.add_argument("--topk", type=int, default=5)
@@ -191,7 +193,7 @@ def main(argv=None) -> int:
     from soundsight.device import resolve_device
     from soundsight.errors import UserError
     from soundsight_plugins.latent_edit import pipeline as P
-    from soundsight_plugins.latent_edit.edits import EditPlan, composite, edit_conditions, render
+    from soundsight_plugins.latent_edit.edits import EditPlan, composite, edit_conditions, feature_mean, render
     from soundsight_plugins.latent_edit.invert import InversionConfig, invert, psnr, ssim, to_model_size
     from soundsight_train import scene_common as sc
     from soundsight_train import scenes
@@ -235,6 +237,10 @@ def main(argv=None) -> int:
     if sr != test.sample_rate:
         raise SystemExit(f"error: the audio encoder wants {sr} Hz, the dataset is {test.sample_rate} Hz")
 
+    try:
+        insert_plan = EditPlan("insert", strengths, rule=args.insert_rule, mean=feature_mean(G))
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}")
     cfg = InversionConfig()
     if args.steps is not None:
         cfg.steps = args.steps
@@ -251,7 +257,7 @@ def main(argv=None) -> int:
         cls = int(test.labels[j, 0])
         wave = test.audio([j])[0]
         (z_ins,) = P.embed_sound(fa, wave, [1.0], dev)
-        ins = render(inv.generator, inv.z_n, edit_conditions(EditPlan("insert", strengths), inv.z_v, {"sound": z_ins}))
+        ins = render(inv.generator, inv.z_n, edit_conditions(insert_plan, inv.z_v, {"sound": z_ins}))
         row = {"name": ph["name"], "source": ph["source"], "psnr": float(psnr(recon, inv.target)),
                "ssim": float(ssim(recon, inv.target)), "seconds": inv.metrics["seconds"],
                "insert_class": classes[cls], "insert_recording": int(test.recordings[j, 0])}
@@ -266,7 +272,7 @@ def main(argv=None) -> int:
         pic, _ = to_model_size(test.images[j], fv.cfg.image_size)
         with torch.no_grad():
             z_pic = F.normalize(fv(pic.to(dev.torch_device)).float(), dim=-1)
-        orc = render(inv.generator, inv.z_n, edit_conditions(EditPlan("insert", strengths), inv.z_v, {"sound": z_pic}))
+        orc = render(inv.generator, inv.z_n, edit_conditions(insert_plan, inv.z_v, {"sound": z_pic}))
         row["oracle_hit"] = class_in_topk(ev.predict(orc.cpu())["logits"], cls, args.topk)
         row["audio_image_cosine"] = float((F.normalize(z_ins.float(), dim=-1) * z_pic).sum())
         # the composite at the photo's size, judged again at model size
@@ -303,6 +309,7 @@ def main(argv=None) -> int:
     result = {"summary": summary, "rows": rows,
               "setup": {"data": data.name, "n_composites": int(len(idx)), "n_real": len(photos) - int(len(idx)),
                         "inversion": cfg.to_dict(), "seed": args.seed, "topk": args.topk, "strengths": strengths,
+                        "insert_rule": args.insert_rule,
                         "volume_strengths": vstrengths, "volume_gains": [g1, g2], "device": str(dev),
                         "threads": torch.get_num_threads(), "seconds": round(time.time() - t_all, 1),
                         "models": {r: {"name": f.name, "sha256": f.sha256()} for r, f in folders.items()},
@@ -361,7 +368,9 @@ def markdown(summary: dict, setup: dict) -> str:
     for name, g in summary.items():
         lines.append(f"| {name} | {g['n']} | {g['psnr']:.2f} | {g['psnr_median']:.2f} | {100 * g['psnr_ge_24']:.0f} % | "
                      f"{g['ssim']:.3f} | {g['seconds_per_inversion']:.1f} |")
-    lines += ["", f"Insert a held-out sound (evaluator top-{k} has its class; before = on the reconstruction):", "",
+    rule = setup.get("insert_rule", "mix")
+    lines += ["", f"Insert a held-out sound, {rule} rule (evaluator top-{k} has its class; before = on the "
+              "reconstruction):", "",
               "| photos | λ | success (edit) | success (composite) | before | SSIM outside object | oracle: f_V of the sound's picture |",
               "|---|---|---|---|---|---|---|"]
     for name, g in summary.items():

@@ -3,7 +3,11 @@
 Sound2Scene / Sound2Vision: the audio encoder f_A lands in the image encoder's feature space,
 so an audio embedding z_A can stand in for (or move) the image feature z_V that conditions G.
 
-- insert a sound: z = (1 - λ) z_V_inv + λ z_A, with the inverted noise z_N_inv kept;
+- insert a sound: z = (1 - λ) z_V_inv + λ z_A, with the inverted noise z_N_inv kept (the
+  paper's ``mix`` rule); or the ``add`` rule, z = z_V_inv + λ (z_A - μ), μ the mean training
+  feature the generator standardises its condition with. In the training scenes the background
+  does not depend on the sound, so what z_A holds beyond μ is the sounding object (its class,
+  size, place), and adding it keeps the photo's own scene where ``mix`` scales it down by 1 - λ;
 - volume direction (§5.2): z = z_V_inv + λ (z_A(g1) - z_A(g2)) for one sound at two gains
   (g1 > g2 makes its source bigger / closer, g1 < g2 smaller / farther);
 
@@ -20,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 MODES = ("insert", "volume")
+INSERT_RULES = ("mix", "add")
 COMPOSITES = ("masked", "residual", "none")
 
 
@@ -30,6 +35,18 @@ def unit(x: torch.Tensor) -> torch.Tensor:
 def insert_sound(z_v: torch.Tensor, z_a: torch.Tensor, strength: float) -> torch.Tensor:
     """(1 - λ) ẑ_V + λ ẑ_A for λ = ``strength`` (unit-norm inputs; the output is not normalised)."""
     return (1.0 - strength) * unit(z_v) + strength * unit(z_a)
+
+
+def insert_added(z_v: torch.Tensor, z_a: torch.Tensor, strength: float, mean: torch.Tensor) -> torch.Tensor:
+    """ẑ_V + λ (ẑ_A - μ): the sound's departure from the mean feature, added (not normalised)."""
+    return unit(z_v) + strength * (unit(z_a) - mean.to(z_a.device, torch.float32))
+
+
+def feature_mean(G) -> torch.Tensor | None:
+    """μ: the mean unit-norm training feature the generator subtracts from its condition (None
+    for a generator trained without the standardised condition)."""
+    m = getattr(G.cfg, "norm_cond_mean", None)
+    return None if m is None else torch.tensor(m, dtype=torch.float32)
 
 
 def volume_direction(z_v: torch.Tensor, z_a_g1: torch.Tensor, z_a_g2: torch.Tensor, strength: float) -> torch.Tensor:
@@ -49,17 +66,26 @@ class EditPlan:
     mode: str  # insert | volume
     strengths: list  # λ values to render (the first is the main output's unless told otherwise)
     gains: tuple = (1.0, 1.0)  # (g1, g2) for the volume direction
+    rule: str = "mix"  # insert rule: mix | add
+    mean: torch.Tensor | None = None  # μ for the add rule (``feature_mean(G)``)
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"unknown edit mode {self.mode!r}")
+        if self.rule not in INSERT_RULES:
+            raise ValueError(f"unknown insert rule {self.rule!r} ({', '.join(INSERT_RULES)})")
+        if self.mode == "insert" and self.rule == "add" and self.mean is None:
+            raise ValueError("the add rule needs the generator's mean feature, and this generator has none "
+                             "(it was trained without the standardised condition); use the mix rule")
 
 
 def edit_conditions(plan: EditPlan, z_v: torch.Tensor, z_a: dict) -> torch.Tensor:
     """(len(strengths), D) conditions; ``z_a`` holds ``"sound"`` (insert) or ``"g1"``/``"g2"`` (volume)."""
     rows = []
     for lam in plan.strengths:
-        if plan.mode == "insert":
+        if plan.mode == "insert" and plan.rule == "add":
+            rows.append(insert_added(z_v, z_a["sound"], lam, plan.mean))
+        elif plan.mode == "insert":
             rows.append(insert_sound(z_v, z_a["sound"], lam))
         else:
             rows.append(volume_direction(z_v, z_a["g1"], z_a["g2"], lam))

@@ -188,11 +188,11 @@ def sound_level(wave: np.ndarray, fa_folder) -> dict:
 
 def run_edit(photo: np.ndarray, wave: np.ndarray, models: dict, *, mode: str, strengths: list, gains=(1.0, 1.0),
              steps: int | None, refine: int, seed: int, device, composite_how: str = "masked",
-             inversion_overrides: dict | None = None) -> EditResult:
+             rule: str = "mix", inversion_overrides: dict | None = None) -> EditResult:
     """Invert ``photo`` and render the edits for ``strengths`` (the models are loaded)."""
     import torch
 
-    from .edits import EditPlan, composite, edit_conditions, render
+    from .edits import EditPlan, composite, edit_conditions, feature_mean, render
     from .invert import InversionConfig, invert, to_model_size
 
     G, fv, fa = models["generator"], models["image_encoder"], models["audio_encoder"]
@@ -210,7 +210,7 @@ def run_edit(photo: np.ndarray, wave: np.ndarray, models: dict, *, mode: str, st
     else:
         z1, z2 = embed_sound(fa, wave, gains, device)
         z_a = {"g1": z1, "g2": z2}
-    plan = EditPlan(mode=mode, strengths=list(strengths), gains=tuple(gains))
+    plan = EditPlan(mode=mode, strengths=list(strengths), gains=tuple(gains), rule=rule, mean=feature_mean(G))
     conds = edit_conditions(plan, inv.z_v, z_a)
     with torch.no_grad():
         edits = render(inv.generator, inv.z_n, conds)

@@ -17,6 +17,7 @@ from soundsight.hookspecs import hookimpl
 from soundsight.steps import Param, RecipeStep
 
 COMPOSITES = ("masked", "residual", "none")
+INSERT_RULES = ("mix", "add")
 REFINE_STEPS = 100  # per-image generator fine-tuning steps of --refine
 DEFAULT_STRENGTH = {"insert": 0.5, "volume": 1.0}
 
@@ -40,7 +41,7 @@ def _edit_mode(louder: bool, quieter: bool, gains: Optional[str]):
 def run_edit_command(image: Path, sound: str, *, strength: Optional[float] = None, louder: bool = False,
                      quieter: bool = False, gains: Optional[str] = None, sweep: Optional[str] = None,
                      steps: Optional[int] = None, refine: bool = False, seed: int = 0, gain: float = 1.0,
-                     composite: str = "masked", generator: Optional[str] = None, image_encoder: Optional[str] = None,
+                     composite: str = "masked", rule: str = "mix", generator: Optional[str] = None, image_encoder: Optional[str] = None,
                      audio_encoder: Optional[str] = None, out: Optional[Path] = None, strip: Optional[Path] = None,
                      force: bool = False, device=None, extra_provenance: Optional[dict] = None) -> dict:
     """The whole command: validate everything, load, invert, edit, write. Returns the JSON report."""
@@ -60,6 +61,8 @@ def run_edit_command(image: Path, sound: str, *, strength: Optional[float] = Non
     # --- arguments (cheap checks first: nothing is loaded or written before they pass)
     if composite not in COMPOSITES:
         raise InputError(f"--composite must be one of {', '.join(COMPOSITES)}, got {composite!r}")
+    if rule not in INSERT_RULES:
+        raise InputError(f"--rule must be one of {', '.join(INSERT_RULES)}, got {rule!r}")
     if steps is not None and not 0 <= steps <= 100000:
         raise InputError(f"--steps must be between 0 and 100000, got {steps}")
     if not (math.isfinite(gain) and gain > 0):
@@ -102,15 +105,21 @@ def run_edit_command(image: Path, sound: str, *, strength: Optional[float] = Non
     t_load = time.perf_counter()
     models = P.load_models(folders, device)
     t_models = time.perf_counter()
+    if mode == "insert" and rule == "add" and getattr(models["generator"].cfg, "norm_cond_mean", None) is None:
+        from soundsight.errors import ModelError
+
+        raise ModelError(f"--rule add needs a generator trained with the standardised condition (its mean feature); "
+                         f"{folders['generator'].name} has none: use --rule mix")
 
     strengths = [strength] + [s for s in (sweep_values or []) if s != strength]
     result = P.run_edit(photo, wave, models, mode=mode, strengths=strengths, gains=gain_pair, steps=steps,
-                        refine=REFINE_STEPS if refine else 0, seed=seed, device=device, composite_how=composite)
+                        refine=REFINE_STEPS if refine else 0, seed=seed, device=device, composite_how=composite,
+                        rule=rule)
 
     # --- outputs
     params = {"image": str(image), "sound": sound, "mode": mode, "strength": strength, "gains": list(gain_pair),
               "sweep": sweep_values, "steps": result.inversion["steps"], "refine": refine, "seed": seed,
-              "gain": gain, "composite": composite}
+              "gain": gain, "composite": composite, "rule": rule if mode == "insert" else None}
     prov = make_provenance(models={f.name: f.provenance() for f in folders.values()}, seed=seed, params=params)
     prov.update(extra_provenance or {})
     save_image(out, result.composites[0], provenance=prov)
@@ -126,7 +135,8 @@ def run_edit_command(image: Path, sound: str, *, strength: Optional[float] = Non
 
     change = float((result.edits[0] - result.recon[0]).abs().mean())
     return {
-        "image": str(image), "sound": sound, "mode": mode, "strength": strength,
+        "image": str(image), "sound": sound, "mode": mode, "rule": rule if mode == "insert" else None,
+        "strength": strength,
         "gains": list(gain_pair) if mode == "volume" else None, "sweep": sweep_values,
         "photo_size": [int(photo.shape[1]), int(photo.shape[0])], "edited_box": list(result.box),
         "model_size": int(result.target.shape[-1]),
@@ -161,6 +171,9 @@ def register_commands(app):
                                     "steps): a closer reconstruction, slower."),
         seed: int = typer.Option(0, "--seed", help="Same seed, same result."),
         gain: float = typer.Option(1.0, "--gain", help="Linear gain on the whole sound before it is embedded."),
+        rule: str = typer.Option("mix", "--rule", help="Insert rule: mix, z = (1-λ) z_V + λ z_A (the paper's; "
+                                 "the scene drifts toward the sound's), or add, z = z_V + λ (z_A - μ): the sound's "
+                                 "departure from the mean scene feature μ, added, so the photo's scene is kept."),
         composite: str = typer.Option("masked", "--composite", help="How the edit goes back onto the photo: masked "
                                       "(photo + change, the edit itself where it changed a lot), residual (photo + change), "
                                       "none (the upscaled edit)."),
@@ -175,7 +188,7 @@ def register_commands(app):
     ):
         """Edit a photo with a sound: GAN inversion into scene-gen's generator, then a sound-driven latent edit.
 
-        Insert (default): z = (1-λ) z_V + λ z_A(sound), keeping the inverted noise. Volume (--louder, --quieter, --gains): z = z_V + λ (z_A(G1) - z_A(G2)) (Sound2Vision §5.2).
+        Insert (default): z = (1-λ) z_V + λ z_A(sound) (--rule mix), or z = z_V + λ (z_A(sound) - μ) (--rule add, keeps the photo's scene), keeping the inverted noise. Volume (--louder, --quieter, --gains): z = z_V + λ (z_A(G1) - z_A(G2)) (Sound2Vision §5.2).
 
         The centred square of the photo is inverted and edited at the model's size (64 px) and composited back onto the photo at its own size; the rest of the photo is kept.
         """
@@ -183,6 +196,7 @@ def register_commands(app):
 
         report = run_edit_command(image, sound, strength=strength, louder=louder, quieter=quieter, gains=gains,
                                   sweep=sweep, steps=steps, refine=refine, seed=seed, gain=gain, composite=composite,
+                                  rule=rule,
                                   generator=generator, image_encoder=image_encoder, audio_encoder=audio_encoder,
                                   out=out, strip=strip, force=force, device=session.current().device())
         if as_json:
@@ -200,7 +214,7 @@ def _edit_step(params: dict, ctx) -> list[Path]:
         Path(params["image"]), params["sound"], strength=params.get("strength"), louder=params["louder"],
         quieter=params["quieter"], gains=params.get("gains"), sweep=params.get("sweep"), steps=params.get("steps"),
         refine=params["refine"], seed=params["seed"], gain=params["gain"], composite=params["composite"],
-        generator=params.get("generator"), image_encoder=params.get("image_encoder"),
+        rule=params["rule"], generator=params.get("generator"), image_encoder=params.get("image_encoder"),
         audio_encoder=params.get("audio_encoder"), out=Path(params["out"]),
         strip=Path(params["strip"]) if params.get("strip") else None, force=ctx.force, device=ctx.device,
         extra_provenance=ctx.provenance)
@@ -221,6 +235,7 @@ def register_recipe_steps(register):
             "gains": Param(str), "sweep": Param(str), "steps": Param(int), "refine": Param(bool, default=False),
             "seed": Param(int, default=0), "gain": Param(float, default=1.0),
             "composite": Param(str, default="masked", choices=COMPOSITES),
+            "rule": Param(str, default="mix", choices=INSERT_RULES),
             "generator": Param(str), "image_encoder": Param(str), "audio_encoder": Param(str),
         },
         help="Insert a sound's source into a photo, or move it along the sound's volume direction.",
