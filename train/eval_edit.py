@@ -347,16 +347,25 @@ def summarise(rows: list[dict], strengths: list, vstrengths: list, topk: int) ->
         vol = [r for r in rs if "size_recon" in r]
         if vol:
             g["volume"] = {"n": len(vol)}
+            # photos whose reconstructed object the judge sizes below the median: can they shrink further?
+            median = float(np.median([r["size_recon"] for r in vol]))
+            small = [r["size_recon"] < median for r in vol]
             for i, lam in enumerate(vstrengths):
                 up = [r["size_louder"][i] > r["size_recon"] for r in vol]
                 down = [r["size_quieter"][i] < r["size_recon"] for r in vol]
                 g["volume"][str(lam)] = {"louder_bigger": rate(up), "quieter_smaller": rate(down),
                                          "right_direction": rate(up + down),
+                                         "quieter_smaller_small_half": rate(d for d, s_ in zip(down, small) if s_),
+                                         "quieter_smaller_large_half": rate(d for d, s_ in zip(down, small) if not s_),
                                          "mean_log_size_change_louder": mean(r["size_louder"][i] - r["size_recon"] for r in vol),
                                          "mean_log_size_change_quieter": mean(r["size_quieter"][i] - r["size_recon"] for r in vol)}
             g["volume"]["evaluator_size_error_on_recon"] = mean(abs(r["size_recon"] - r["true_size"]) for r in vol)
         out[name] = g
     return out
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.0f} %"
 
 
 def markdown(summary: dict, setup: dict) -> str:
@@ -380,12 +389,15 @@ def markdown(summary: dict, setup: dict) -> str:
     vol = summary.get("test composites", {}).get("volume")
     if vol:
         lines += ["", f"Volume edits on {vol['n']} single-object test composites (gains {setup['volume_gains']}; "
-                  "evaluator's estimated size vs on the reconstruction):", "",
-                  "| λ | louder → bigger | quieter → smaller | right direction | mean Δ log size (louder / quieter) |",
-                  "|---|---|---|---|---|"]
+                  "evaluator's estimated size vs on the reconstruction; small / large half: photos whose reconstructed object "
+                  "the evaluator sizes below / above the median):", "",
+                  "| λ | louder → bigger | quieter → smaller | quieter → smaller: small / large half | right direction "
+                  "| mean Δ log size (louder / quieter) |",
+                  "|---|---|---|---|---|---|"]
         for lam in setup["volume_strengths"]:
             v = vol[str(lam)]
             lines.append(f"| {lam} | {100 * v['louder_bigger']:.0f} % | {100 * v['quieter_smaller']:.0f} % | "
+                         f"{_pct(v['quieter_smaller_small_half'])} / {_pct(v['quieter_smaller_large_half'])} | "
                          f"{100 * v['right_direction']:.0f} % | {v['mean_log_size_change_louder']:+.3f} / "
                          f"{v['mean_log_size_change_quieter']:+.3f} |")
     lines += ["", f"`{setup['command']}` ({setup['seconds']:.0f} s, {setup['device']}, {setup['threads']} thread(s))", ""]
