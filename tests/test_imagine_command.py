@@ -66,9 +66,9 @@ def test_imagine_cli_writes_images_with_provenance(scene_models, tmp_path):
     assert r.code == 0, r.err
     rep = json.loads(r.out)
     assert rep["outputs"] == [str(tmp_path / f"s-{i}.png") for i in range(2)] + [str(tmp_path / "g.png")]
-    # no --backend: the LDM where it is installed (it is the better back end)
-    assert rep["models"] == {"audio_encoder": "scene-audio-encoder-64", "generator": "scene-ldm-64"}
-    assert rep["backend"] == "ldm" and rep["steps"] == 25
+    # no --backend: the GAN (the better back end on held-out sounds)
+    assert rep["models"] == {"audio_encoder": "scene-audio-encoder-64", "generator": "scene-gan-64"}
+    assert rep["backend"] == "gan" and rep["steps"] is None
     assert (rep["size"], rep["model_size"], rep["note"]) == (64, 64, None)
     # the toy audio encoder hears 0.5 s: the 1.5 s sheep is cropped; it sits at the data's gain 1
     lv = rep["level"]
@@ -79,7 +79,7 @@ def test_imagine_cli_writes_images_with_provenance(scene_models, tmp_path):
     assert pixels(tmp_path / "g.png").shape == (64 + 4, 2 * 64 + 6, 3)  # make_grid: 1 row, 2 columns, pad 2
     prov = provenance(tmp_path / "s-1.png")
     assert prov["seed"] == 0 and prov["index"] == 1 and prov["params"]["n"] == 2
-    assert set(prov["models"]) == {"scene-audio-encoder-64", "scene-ldm-64"}
+    assert set(prov["models"]) == {"scene-audio-encoder-64", "scene-gan-64"}
     assert all(len(sha) == 64 for m in prov["models"].values() for sha in m.values())
     assert prov["command"].startswith("soundsight") and "imagine" in prov["command"]
 
@@ -88,7 +88,7 @@ def test_imagine_cli_notes_and_errors(scene_models, tmp_path):
     r = run_cli("imagine", SHEEP, "--size", "128", "--out", tmp_path / "big.png", env=scene_models["env"])
     assert r.code == 0, r.err
     assert pixels(tmp_path / "big.png").shape == (128, 128, 3)
-    assert "resized to 128 px" in r.err and "no scene-ldm-128 model is installed" in r.err
+    assert "resized to 128 px" in r.err and "no scene-gan-128 model is installed" in r.err
     silent = make_wav(tmp_path / "silent.wav", amplitude=0.0)
     assert_user_error(run_cli("imagine", silent, "--out", tmp_path / "o.png", env=scene_models["env"]), "silent")
     assert_user_error(run_cli("imagine", SHEEP, "--backend", "vqgan", "--out", tmp_path / "o.png",
@@ -237,8 +237,10 @@ def test_errors_write_nothing(home, tmp_path, kw, message):
 
 def test_the_back_end_follows_the_model_when_not_named(home, tmp_path):
     assert imagine(SHEEP, model="scene-gan-64", out=tmp_path / "g.png")["backend"] == "gan"
+    assert imagine(SHEEP, out=tmp_path / "n.png")["backend"] == "gan"
     if "ldm" in home:
         assert imagine(SHEEP, out=tmp_path / "d.png", steps=2)["backend"] == "ldm"
+        assert imagine(SHEEP, out=tmp_path / "e.png", guidance=2.0)["backend"] == "ldm"
 
 
 def test_existing_outputs_are_kept_without_force(home, tmp_path):

@@ -40,8 +40,8 @@ def register_commands(app):
         gain_db: Optional[float] = typer.Option(None, "--gain-db", help="The same gain in decibels (instead of --gain)."),
         n: int = typer.Option(1, "--n", help="Images to draw (different noise, same sound)."),
         seed: int = typer.Option(0, "--seed", help="Same seed + same sound, same images."),
-        backend: Optional[str] = typer.Option(None, "--backend", help="ldm (latent diffusion, DDIM; the default when "
-                                              "scene-ldm-64 is installed) or gan (one pass)."),
+        backend: Optional[str] = typer.Option(None, "--backend", help="gan (one pass; the default) or ldm "
+                                              "(latent diffusion, DDIM; the default with --steps or --guidance)."),
         steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps of --backend ldm (default 25)."),
         guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance of --backend ldm "
                                                  "(default: the model's; 1 = none, higher follows the sound harder)."),
