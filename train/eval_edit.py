@@ -53,6 +53,8 @@ SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
 
 
 def parse(argv=None):
+    from soundsight_plugins.latent_edit.edits import INSERT_RULES
+
     ap = argparse.ArgumentParser(prog="python -m soundsight_train.eval_edit", description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=None, help="scenes dataset folder or data root (default: scenes-5s-s0)")
     ap.add_argument("--n", type=int, default=100, help="test composites")
@@ -61,7 +63,7 @@ def parse(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="inversion steps (default: the command's)")
     ap.add_argument("--refine", type=int, default=0, help="per-image generator fine-tuning steps (0: off)")
     ap.add_argument("--strengths", default="0.5,0.75,1", help="insert strengths λ")
-    ap.add_argument("--insert-rule", default="mix", choices=["mix", "add"],
+    ap.add_argument("--insert-rule", default="mix", choices=INSERT_RULES,
                     help="mix: (1 - λ) z_V + λ z_A (the paper's); add: z_V + λ (z_A - μ)")
     ap.add_argument("--volume-strengths", default="0.5,1,2", help="volume-edit strengths λ")
     ap.add_argument("--volume-gains", default="2,0.5", help="g1,g2 of --louder (--quieter swaps them)")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -196,6 +195,10 @@ def run_edit(photo: np.ndarray, wave: np.ndarray, models: dict, *, mode: str, st
     from .invert import InversionConfig, invert, to_model_size
 
     G, fv, fa = models["generator"], models["image_encoder"], models["audio_encoder"]
+    try:  # before the inversion: a rule the generator cannot serve fails in no time
+        plan = EditPlan(mode=mode, strengths=list(strengths), gains=tuple(gains), rule=rule, mean=feature_mean(G))
+    except ValueError as exc:
+        raise ModelError(str(exc)) from None
     t0 = time.perf_counter()
     target, box = to_model_size(photo, G.cfg.image_size)
     cfg = InversionConfig(**(inversion_overrides or {}))
@@ -210,7 +213,6 @@ def run_edit(photo: np.ndarray, wave: np.ndarray, models: dict, *, mode: str, st
     else:
         z1, z2 = embed_sound(fa, wave, gains, device)
         z_a = {"g1": z1, "g2": z2}
-    plan = EditPlan(mode=mode, strengths=list(strengths), gains=tuple(gains), rule=rule, mean=feature_mean(G))
     conds = edit_conditions(plan, inv.z_v, z_a)
     with torch.no_grad():
         edits = render(inv.generator, inv.z_n, conds)

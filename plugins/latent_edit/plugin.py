@@ -105,11 +105,6 @@ def run_edit_command(image: Path, sound: str, *, strength: Optional[float] = Non
     t_load = time.perf_counter()
     models = P.load_models(folders, device)
     t_models = time.perf_counter()
-    if mode == "insert" and rule == "add" and getattr(models["generator"].cfg, "norm_cond_mean", None) is None:
-        from soundsight.errors import ModelError
-
-        raise ModelError(f"--rule add needs a generator trained with the standardised condition (its mean feature); "
-                         f"{folders['generator'].name} has none: use --rule mix")
 
     strengths = [strength] + [s for s in (sweep_values or []) if s != strength]
     result = P.run_edit(photo, wave, models, mode=mode, strengths=strengths, gains=gain_pair, steps=steps,
@@ -117,9 +112,10 @@ def run_edit_command(image: Path, sound: str, *, strength: Optional[float] = Non
                         rule=rule)
 
     # --- outputs
+    insert_rule = rule if mode == "insert" else None  # a volume edit has no insert rule
     params = {"image": str(image), "sound": sound, "mode": mode, "strength": strength, "gains": list(gain_pair),
               "sweep": sweep_values, "steps": result.inversion["steps"], "refine": refine, "seed": seed,
-              "gain": gain, "composite": composite, "rule": rule if mode == "insert" else None}
+              "gain": gain, "composite": composite, "rule": insert_rule}
     prov = make_provenance(models={f.name: f.provenance() for f in folders.values()}, seed=seed, params=params)
     prov.update(extra_provenance or {})
     save_image(out, result.composites[0], provenance=prov)
@@ -135,7 +131,7 @@ def run_edit_command(image: Path, sound: str, *, strength: Optional[float] = Non
 
     change = float((result.edits[0] - result.recon[0]).abs().mean())
     return {
-        "image": str(image), "sound": sound, "mode": mode, "rule": rule if mode == "insert" else None,
+        "image": str(image), "sound": sound, "mode": mode, "rule": insert_rule,
         "strength": strength,
         "gains": list(gain_pair) if mode == "volume" else None, "sweep": sweep_values,
         "photo_size": [int(photo.shape[1]), int(photo.shape[0])], "edited_box": list(result.box),

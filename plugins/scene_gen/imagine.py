@@ -70,7 +70,7 @@ def default_backend(model: str | None, steps: int | None, guidance: float | None
         return "ldm" if arch == "scene-ldm" else "gan"
     if steps is not None or guidance is not None:
         return "ldm"
-    for backend in (DEFAULT_BACKEND, *(b for b in BACKENDS if b != DEFAULT_BACKEND)):
+    for backend in sorted(BACKENDS, key=lambda b: b != DEFAULT_BACKEND):  # the default first
         if is_installed(default_generator(backend, 64)):
             return backend
     return DEFAULT_BACKEND
