@@ -67,6 +67,8 @@ def parse(argv=None):
     ap.add_argument("--ldm-n", type=int, default=0,
                     help="sounds (and at most as many mixes) for the LDM rows and controls (0: same as --n)")
     ap.add_argument("--mixes", type=int, default=200, help="two-sound mixes for the mixing control")
+    ap.add_argument("--truncation", type=float, default=0.0,
+                    help="GAN noise truncated to |z| < T by resampling (0: none; BigGAN's fidelity-vs-variety knob)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None)
@@ -284,7 +286,7 @@ def run(args) -> dict:
 
     true_size = size_target(split.boxes[idx], split.spec.size)  # log side of the loudest object
     gen = torch.Generator().manual_seed(args.seed)
-    z = G.sample_z(n, gen)
+    z = G.sample_z(n, gen, truncation=args.truncation)
     rows = []
 
     def add_row(key, row, method, images, with_fid=True):
@@ -357,7 +359,7 @@ def run(args) -> dict:
         if m_n:
             zm = torch.Generator().manual_seed(args.seed + 2)
             if backend == "gan":
-                imgs = gan_images(G, z_mix[:m_n], G.sample_z(m_n, zm), dev, args.batch)
+                imgs = gan_images(G, z_mix[:m_n], G.sample_z(m_n, zm, truncation=args.truncation), dev, args.batch)
             else:
                 imgs = ldm_images(ldm, z_mix[:m_n], ldm_latents(ldm, m_n, zm), args.steps, args.guidance, dev,
                                   args.batch)
@@ -384,7 +386,7 @@ def run(args) -> dict:
     n_classes = len(split.classes)
     return {"dataset": folder.name, "split": args.split, "n": n, "n_ldm": n_ldm if ldm is not None else 0,
             "classes": n_classes, "classes_in_split": int(len(np.unique(split.labels[idx, 0]))),
-            "seed": args.seed, "ldm_steps": args.steps if ldm is not None else None,
+            "seed": args.seed, "gan_truncation": args.truncation, "ldm_steps": args.steps if ldm is not None else None,
             "models": refs, "rows": rows, "fid_floor_val_vs_test": fid_floor,
             "random_ranking": {"r1": round(1 / n_classes, 4), "r5": round(min(5, n_classes) / n_classes, 4)},
             "constant_guess_r1": constant_guess_r1(labels[:, 0].numpy()),

@@ -107,7 +107,7 @@ def register_recipe_steps(register):
             "out": Param(str, kind="output", required=True,
                          help="Output PNG: the image (n = 1), a grid of all n, or the sweep strip."),
             "n": Param(int, default=1), "seed": Param(int, default=0),
-            "backend": Param(str, choices=BACKENDS, help="ldm (default when installed) or gan"),
+            "backend": Param(str, choices=BACKENDS, help="gan (the default when installed) or ldm"),
             "steps": Param(int), "guidance": Param(float), "size": Param(int),
             "model": Param(str), "audio_model": Param(str),
             "gain": Param(float, default=1.0), "gain_db": Param(float), "sweep_gain": Param(str),
