@@ -47,8 +47,68 @@ def test_forecast_writes_video_strip_and_metrics(tmp_path, tiny_model):
     assert (info["frames"], info["width"], info["fps"], info["has_audio"]) == (30, 48, 10, True)
     px = strip_pixels(strip)
     assert px.shape == (5 * 49 + 1, 30 * 49 + 1, 3)  # row of real frames + one row per sample
+    # the numbers are about the real future: frames 6..30 of the clip, read here independently
+    # (10 fps, 48 px, luma as the 1-channel model sees them); the strip's top row shows them, each
+    # sample row that sample's future. (The random model's SSIMs are all ~0.002 and its K futures
+    # nearly equal, so the choice of the best sample is checked on known futures below.)
+    import torch
+
+    from soundsight.video import read_frames
+    from soundsight_plugins.forecast.metrics import psnr
+
+    real, _ = read_frames(CLIP, fps=10, size=(48, 48), max_frames=30)
+    luma = torch.from_numpy(real.astype(np.float32) / 255.0 @ np.array([0.299, 0.587, 0.114], np.float32))
+
+    def tiles(row, cols):
+        return torch.stack([torch.from_numpy(px[1 + row * 49:49 + row * 49, 1 + c * 49:49 + c * 49, 0].astype(np.float32))
+                            for c in cols])[:, None] / 255.0
+
+    assert (tiles(0, range(30))[:, 0] - luma).abs().max() <= 1.5 / 255
+    best_row = tiles(1 + m["best_sample"], range(5, 30))
+    np.testing.assert_allclose(m["psnr_best"], psnr(best_row, luma[5:30, None]).numpy(), atol=0.05)  # 8-bit tiles
+    assert m["ssim_best_mean"] == pytest.approx(float(np.mean(m["ssim_best"])), abs=1e-6)
     sidecar = json.loads(Path(str(out) + ".soundsight.json").read_text())
     assert sidecar["seed"] == 0 and "tiny-forecast" in sidecar["models"]
+
+
+def test_metrics_score_the_sample_closest_to_the_real_future():
+    """forecast() on futures of known quality: the real future plus noise of a set level per
+    sample; the cleanest one is the best sample, its SSIM/PSNR are reported, --pick follows."""
+    import torch
+
+    from soundsight.device import resolve_device
+    from soundsight_plugins.forecast.metrics import psnr, ssim
+    from soundsight_plugins.forecast.pipeline import forecast
+
+    rng = np.random.default_rng(0)
+    frames = rng.random((9, 16, 16, 1)).astype(np.float32)  # 9 frames: 3 seen, 6 real future
+    levels = torch.tensor([0.3, 0.15, 0.02, 0.4])
+    noise = torch.rand(4, 1, 1, 16, 16, generator=torch.Generator().manual_seed(1)) - 0.5
+
+    class KnownFutures:
+        def sample(self, seen, audio, n_future, k, generator=None):
+            assert seen.shape == (1, 3, 1, 16, 16) and n_future == 8  # 2 past the clip's end
+            future = torch.from_numpy(frames[3:]).permute(0, 3, 1, 2)
+            future = torch.cat([future, future[-1:].expand(2, -1, -1, -1)])
+            return (future[None, None] + (levels[:k, None, None, None, None] * noise[:k])[None]).clamp(0, 1)
+
+    class Cfg:
+        fps, sample_rate = 10, 4400
+
+    chunks = np.zeros((11, 440), np.float32)
+    res = {pick: forecast(KnownFutures(), Cfg, frames, chunks, seen=3, predict=8, samples=4, seed=0, pick=pick,
+                          device=resolve_device("cpu")) for pick in ("best", "first", "all")}
+    m = res["best"].metrics
+    assert m["best_sample"] == 2 and m["frames"] == [4, 5, 6, 7, 8, 9]  # scored where a real frame exists
+    truth = torch.from_numpy(frames[3:]).permute(0, 3, 1, 2)
+    clean = torch.from_numpy(res["best"].samples[2, :6]).permute(0, 3, 1, 2)
+    np.testing.assert_allclose(m["ssim_best"], ssim(clean, truth).numpy(), atol=1e-6)
+    np.testing.assert_allclose(m["psnr_best"], psnr(clean, truth).numpy(), atol=1e-4)
+    first = torch.from_numpy(res["best"].samples[0, :6]).permute(0, 3, 1, 2)
+    np.testing.assert_allclose(m["ssim_first"], ssim(first, truth).numpy(), atol=1e-6)
+    assert m["ssim_best_mean"] > float(ssim(first, truth).mean()) + 0.02
+    assert (res["best"].picked, res["first"].picked, res["all"].picked) == ([2], [0], [0, 1, 2, 3])
+    np.testing.assert_array_equal(res["best"].truth, frames[3:])
 
 
 def test_same_seed_same_futures(tmp_path, tiny_model):

@@ -288,11 +288,64 @@ def test_best_of_k_evaluation_and_table():
     audio = np.random.default_rng(1).standard_normal((3, 8, 440)).astype(np.float16)
     curves = best_of_k(g, frames, audio, 3, 5, 4, device=torch.device("cpu"), chunk=2)
     assert curves["ssim"].shape == curves["psnr"].shape == (3, 5)
+    # the same draws (one generator through the chunks, in order), every sample scored on its own:
+    # a clip's curve is one of its K samples' curves, the one with the best mean (per metric)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.from_numpy(frames).float()[:, :, None] / 255.0
+    a = torch.from_numpy(audio.astype(np.float32))
+    for start in (0, 2):
+        out = g.sample(x[start:start + 2, :3], a[start:start + 2], 5, 4, generator=gen)
+        target = x[start:start + 2, None, 3:8].expand_as(out)
+        for metric, fn in (("ssim", ssim), ("psnr", psnr)):
+            per_sample = fn(out, target).numpy()  # (b, K, 5)
+            for b in range(len(out)):
+                got = curves[metric][start + b]
+                assert np.abs(per_sample[b] - got).max(axis=1).min() < 1e-5, (metric, start + b)
+                assert got.mean() == pytest.approx(per_sample[b].mean(axis=1).max(), abs=1e-5)
+
+    # a random tiny model's K futures barely differ, so the choice itself is checked on futures
+    # of known quality: the real future plus noise of a set level per sample (sample 2 cleanest)
+    levels = torch.tensor([0.4, 0.2, 0.02, 0.1])
+    noise = torch.rand(3, 5, 1, 48, 48, generator=torch.Generator().manual_seed(1)) - 0.5
+
+    class KnownFutures:
+        at = 0
+
+        def eval(self):
+            return self
+
+        def sample(self, past, audio, n_future, k, generator=None, temperature=1.0):
+            j = slice(self.at, self.at + len(past))
+            self.at += len(past)
+            real = x[j, 3:3 + n_future]
+            return (real[:, None] + levels[None, :k, None, None, None, None] * noise[j, None]).clamp(0, 1)
+
+    picked = best_of_k(KnownFutures(), frames, audio, 3, 5, 4, device=torch.device("cpu"), chunk=2)
+    clean = (x[:, 3:8] + levels[2] * noise).clamp(0, 1)
+    np.testing.assert_allclose(picked["ssim"], ssim(clean, x[:, 3:8]).numpy(), atol=1e-6)
+    np.testing.assert_allclose(picked["psnr"], psnr(clean, x[:, 3:8]).numpy(), atol=1e-4)
+    np.testing.assert_allclose(picked["last_frame"], clean[:, -1].numpy(), atol=1e-6)
+    # copy-last: the last seen frame (3rd) against each real future frame (4th..8th)
     base = copy_last(frames, 3, 5)
-    assert base["ssim"].shape == (3, 5)
+    assert base["ssim"].shape == base["psnr"].shape == (3, 5)
+    for j in range(3):
+        for f in range(5):
+            last, real = x[j, 2][None], x[j, 3 + f][None]
+            assert base["ssim"][j, f] == pytest.approx(float(ssim(last, real)), abs=1e-6)
+            assert base["psnr"][j, f] == pytest.approx(float(psnr(last, real)), abs=1e-4)
+    still = np.repeat(frames[:, :1], 8, axis=1)  # nothing moves: copying the last frame is perfect
+    assert np.allclose(copy_last(still, 3, 5)["ssim"], 1.0, atol=1e-6)
+    # summaries: report frame f (1-based in the clip) is predicted frame f - n_past
     rows = {"ours": summarize(curves, 3, frames=(4, 6, 8)), "copy": summarize(base, 3, frames=(4, 6, 8))}
+    mean = curves["ssim"].mean(0)
+    assert rows["ours"]["ssim"]["per_frame"] == [round(float(v), 4) for v in mean]
+    assert rows["ours"]["ssim"]["at"] == {"4": round(float(mean[0]), 4), "6": round(float(mean[2]), 4),
+                                          "8": round(float(mean[4]), 4)}
+    assert rows["copy"]["psnr"]["at"]["6"] == round(float(base["psnr"].mean(0)[2]), 4)
     table = markdown_table(rows, frames=(4, 6, 8))
     assert table.count("\n") == 3 and "SSIM@8" in table
+    ours = next(line for line in table.splitlines() if line.startswith("| ours |"))
+    assert ours.split(" | ")[1:4] == [f"{rows['ours']['ssim']['at'][k]:.4f}" for k in ("4", "6", "8")]
 
 
 @pytest.fixture(scope="module")

@@ -102,7 +102,21 @@ def _reachable_target(G, seed=1):
 def test_inversion_reduces_reconstruction_error(tiny):
     G, fv = tiny["modules"]["g"], tiny["modules"]["fv"]
     target = _reachable_target(G)
-    inv = invert(G, fv, target, InversionConfig(steps=60), seed=0)
+    weights = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in (("g", G), ("fv", fv))}
+    # a mixed pattern of gradient flags (one frozen tensor in each), to see that exactly it comes back
+    first_g, first_e = next(G.parameters()), next(fv.parameters())
+    first_g.requires_grad_(False)
+    first_e.requires_grad_(False)
+    flags = {name: [p.requires_grad for p in m.parameters()] for name, m in (("g", G), ("fv", fv))}
+    try:
+        inv = invert(G, fv, target, InversionConfig(steps=60), seed=0)
+        after = {name: [p.requires_grad for p in m.parameters()] for name, m in (("g", G), ("fv", fv))}
+    finally:
+        first_g.requires_grad_(True)
+        first_e.requires_grad_(True)
+    assert after == flags and any(flags["g"]) and not all(flags["g"])
+    for name, m in (("g", G), ("fv", fv)):  # the search moves latents only
+        assert all(torch.equal(weights[name][k], v) for k, v in m.state_dict().items()), name
     start_psnr = inv.history[1][2]  # PSNR at the initial latents
     assert inv.metrics["psnr"] > start_psnr + 2.0, inv.history
     assert inv.metrics["psnr"] == pytest.approx(float(psnr(inv.recon, target)), abs=1e-3)
@@ -110,8 +124,6 @@ def test_inversion_reduces_reconstruction_error(tiny):
     assert min(losses[-3:]) < 0.7 * losses[0]
     torch.testing.assert_close(inv.z_v.norm(dim=1), torch.ones(1))  # on the unit sphere G reads
     assert inv.metrics["feature_cosine_to_photo"] > 0.5  # anchored near the photo's own feature
-    # G and f_V are not modified and get their gradient flags back
-    assert all(not p.requires_grad for p in G.parameters()) or all(p.requires_grad for p in G.parameters())
     with torch.no_grad():
         torch.testing.assert_close(inv.recon, G.generate(inv.z_v, z=inv.z_n).clamp(0, 1))
 
@@ -149,11 +161,12 @@ def test_photo_to_model_size_and_metrics():
     assert float(psnr(a, (a + 0.1).clamp(0, 1)).max()) < 21  # ~20 dB for an error of 0.1
     assert ssim_map(a, a * 0.5, same=True).shape == (2, 24, 24)
     skm = pytest.importorskip("skimage.metrics")  # our SSIM agrees with scikit-image's (Gaussian, 11 / 1.5)
-    b = (a + 0.2 * torch.rand(a.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
-    ref = skm.structural_similarity(a[0].permute(1, 2, 0).numpy(), b[0].permute(1, 2, 0).numpy(), channel_axis=2,
-                                    data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
-    own = float(ssim(a[:1], b[:1]))
-    assert own == pytest.approx(ref, abs=0.02)
+    b = (a + 0.6 * torch.rand(a.shape, generator=torch.Generator().manual_seed(1)) - 0.3).clamp(0, 1)
+    for i in range(2):  # the same formula, not just a close one (a window or constant off moves it ~1e-3)
+        ref = skm.structural_similarity(a[i].permute(1, 2, 0).numpy(), b[i].permute(1, 2, 0).numpy(), channel_axis=2,
+                                        data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+        assert float(ssim(a, b)[i]) == pytest.approx(ref, abs=1e-5)
+    assert 0.3 < float(ssim(a, b).mean()) < 0.9  # a pair that is neither identical nor unrelated
 
 
 # --------------------------------------------------------------------------------------------

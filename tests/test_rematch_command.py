@@ -351,11 +351,24 @@ def test_recipe_step_runs_and_resumes(media, tmp_path):
     (tmp_path / "out").mkdir()
     r = run_cli("run", recipe, "--json")
     assert r.code == 0, r.err
+    assert len(json.loads(r.out)["done"]) == 2
+    # the step forwards its parameters: the same audio as the command itself with --ir and --mix 0.8
+    direct = tmp_path / "direct.flac"
+    run_rematch(Request(audio=str(tmp_path / "a.wav"), ir=str(media / "ir.wav"), mix=0.8, out=str(direct),
+                        estimates=False))
+    y_direct, _ = _read(direct)
     for name in ("a", "b"):
         y, sr = _read(tmp_path / "out" / f"{name}.wet.flac")
         assert sr == 16000 and y.shape[0] == 1
+        np.testing.assert_array_equal(y, y_direct)  # a.wav and b.wav hold the same voice
+    full_wet = tmp_path / "wet.flac"
+    run_rematch(Request(audio=str(tmp_path / "a.wav"), ir=str(media / "ir.wav"), mix=1.0, out=str(full_wet),
+                        estimates=False))
+    assert np.abs(_read(full_wet)[0] - y_direct).max() > 1e-2  # mix 0.8 is not the default 1.0
     r2 = run_cli("run", recipe, "--json")
-    assert r2.code == 0 and "skip" in (r2.out + r2.err).lower(), r2.out + r2.err
+    assert r2.code == 0, r2.err
+    again = json.loads(r2.out)  # resumed: both items skipped, nothing redone
+    assert (len(again["done"]), len(again["skipped"])) == (0, 2), again
 
 
 # ------------------------------------------------------------------------------------------ demo
