@@ -223,10 +223,23 @@ def test_match_loudness():
 
 
 def test_stft_distance():
+    torch = pytest.importorskip("torch")
     x = speech_like(1.0)
     assert ac.stft_distance(x, x) == 0.0
-    assert ac.stft_distance(x, 0.5 * x) > 0
-    assert ac.stft_magnitude(x).shape == (1 + len(x) // 128, 257)
+    A = ac.stft_magnitude(x)
+    assert A.shape == (1 + len(x) // 128, 257)
+    # the magnitudes are torch.stft's (periodic Hann 512, hop 128, centred on zero padding, no
+    # normalisation), the distance their mean squared difference: half the level costs A^2 / 4
+    ref = torch.stft(torch.from_numpy(x.astype(np.float64)), 512, 128, window=torch.hann_window(512, dtype=torch.float64),
+                     center=True, pad_mode="constant", return_complex=True).abs().numpy().T
+    np.testing.assert_allclose(A, ref, rtol=1e-6, atol=1e-6 * ref.max())
+    assert ac.stft_distance(x, 0.5 * x) == pytest.approx(0.25 * float(np.mean(ref ** 2)), rel=1e-5)
+    y = speech_like(1.0, seed=7)
+    assert ac.stft_distance(x, y) == pytest.approx(float(np.mean((A - ac.stft_magnitude(y)) ** 2)), rel=1e-9)
+    # a shorter signal is zero-padded to the longer one's length, in either order
+    short = y[: len(y) // 2]
+    padded = np.concatenate([short, np.zeros(len(y) - len(short), short.dtype)])
+    assert ac.stft_distance(x, short) == ac.stft_distance(short, x) == pytest.approx(ac.stft_distance(x, padded), rel=1e-12)
 
 
 def test_blind_estimate_tracks_rt60_on_a_synthetic_room():

@@ -98,7 +98,14 @@ def test_typer_runner_models_list(tmp_path, monkeypatch):
 
     from soundsight.cli import build_app
 
+    import torch
+
+    from soundsight import registry
+
     monkeypatch.setenv("SOUNDSIGHT_HOME", str(tmp_path))
+    registry.save_model(tmp_path / "models" / "tiny", name="tiny", task="test", architecture="linear", config={},
+                        tensors={"model.safetensors": {"w": torch.zeros(2)}})
     result = CliRunner().invoke(build_app(), ["models", "list", "--json"])
     assert result.exit_code == 0, result.output
-    assert isinstance(json.loads(result.output), list)
+    listed = [m for m in json.loads(result.output) if m["name"] == "tiny"]  # the home's model, found in-process
+    assert len(listed) == 1 and listed[0]["path"] == str(tmp_path / "models" / "tiny")

@@ -179,5 +179,15 @@ steps:
     r = run_cli("run", recipe, "--json")
     assert r.code == 0, r.err
     assert len(json.loads(r.out)["done"]) == 1
-    assert (tmp_path / "out" / "m3so-test.png").exists()
+    # the recipe's defaults and parameters reach the command: the same strip as the command line
+    # with --seed 1 --samples 2 --predict 6 (5 seen + 6 predicted columns, real row + 2 sample rows)
+    cli_strip = tmp_path / "cli.png"
+    c = run_cli("forecast", CLIP, "--model", tiny_model, "--seed", "1", "--samples", "2", "--predict", "6",
+                "--out", tmp_path / "cli.mp4", "--strip", cli_strip)
+    assert c.code == 0, c.err
+    px = strip_pixels(tmp_path / "out" / "m3so-test.png")
+    assert px.shape == (3 * 49 + 1, 11 * 49 + 1, 3)
+    assert np.array_equal(px, strip_pixels(cli_strip))
+    info = json.loads(run_cli("info", tmp_path / "out" / "m3so-test.mp4", "--json").out)[0]
+    assert info["frames"] == 11
     assert len(json.loads(run_cli("run", recipe, "--json").out)["skipped"]) == 1

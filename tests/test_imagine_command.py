@@ -73,7 +73,13 @@ def test_imagine_cli_writes_images_with_provenance(scene_models, tmp_path):
     # the toy audio encoder hears 0.5 s: the 1.5 s sheep is cropped; it sits at the data's gain 1
     lv = rep["level"]
     assert lv["cropped"] and not lv["tiled"] and lv["model_seconds"] == 0.5 and lv["input_seconds"] == 1.548
-    assert 0.5 < lv["scene_gain"] < 2.0
+    # the level of what the encoder hears (the first 0.5 s), on the training data's scale (RMS 0.02 = gain 1)
+    import soundfile as sf
+
+    heard = sf.read(SHEEP, dtype="float32")[0][:8000]
+    rms = float(np.sqrt(np.mean(heard.astype(np.float64) ** 2)))
+    assert lv["rms_dbfs"] == pytest.approx(20 * np.log10(rms), abs=0.06)
+    assert lv["scene_gain"] == pytest.approx(rms / 0.02, abs=2e-3)
     img0, img1 = pixels(tmp_path / "s-0.png"), pixels(tmp_path / "s-1.png")
     assert img0.shape == (64, 64, 3) and not np.array_equal(img0, img1)  # different noise per image
     assert pixels(tmp_path / "g.png").shape == (64 + 4, 2 * 64 + 6, 3)  # make_grid: 1 row, 2 columns, pad 2
@@ -144,11 +150,15 @@ def test_bundled_sounds_are_small_at_the_reference_level():
 def test_same_seed_same_image_and_gain_matters(home, tmp_path):
     runs = {"a": dict(seed=3), "b": dict(seed=3), "c": dict(seed=4), "loud": dict(seed=3, gain=4.0),
             "loud_db": dict(seed=3, gain_db=12.0412)}
-    outs = {}
+    outs, reps = {}, {}
     for key, kw in runs.items():
-        rep = imagine(SHEEP, out=tmp_path / f"{key}.png", **kw)
+        rep = reps[key] = imagine(SHEEP, out=tmp_path / f"{key}.png", **kw)
         outs[key] = pixels(tmp_path / f"{key}.png")
     assert rep["gain"] == pytest.approx(4.0, rel=1e-4) and rep["level"]["rms_dbfs"] > -30
+    # the reported level follows the gain: x4 is +12.04 dB and 4 times the scene gain
+    for key in ("loud", "loud_db"):
+        assert reps[key]["level"]["rms_dbfs"] == pytest.approx(reps["a"]["level"]["rms_dbfs"] + 12.04, abs=0.02)
+        assert reps[key]["level"]["scene_gain"] == pytest.approx(4 * reps["a"]["level"]["scene_gain"], rel=2e-3)
     assert np.array_equal(outs["a"], outs["b"])
     assert not np.array_equal(outs["a"], outs["c"])
     assert not np.array_equal(outs["a"], outs["loud"])  # the level reaches the picture

@@ -417,7 +417,13 @@ steps:
 """)
     r = run_cli("run", recipe, "--json")
     assert r.code == 0, r.err
-    assert (tmp_path / "out/photo.png").is_file()
+    # the step hands its parameters on: the same picture as the command with seed 3, 3 steps, --quieter
+    rep = _edit(tiny, inputs, tmp_path / "direct.png", seed=3, steps=3, quieter=True)
+    assert rep["mode"] == "volume" and rep["gains"] == [0.5, 2.0]
+    assert np.array_equal(pixels(tmp_path / "out/photo.png"), pixels(tmp_path / "direct.png"))
+    with Image.open(tmp_path / "out/photo.png") as im:
+        prov = json.loads(im.text["soundsight"])
+    assert prov["params"]["quieter"] is True and prov["recipe_item"].startswith("edit")
     r2 = run_cli("run", recipe, "--json")  # resumed: nothing redone
     assert r2.code == 0 and len(json.loads(r2.out)["skipped"]) == 1
 
