@@ -14,7 +14,7 @@ from typing import List, Optional
 import typer
 
 from soundsight import __version__, session
-from soundsight.errors import UserError
+from soundsight.errors import BatchError, UserError
 
 app = typer.Typer(
     name="soundsight",
@@ -247,7 +247,11 @@ def run_cmd(
     else:
         summary.print()
     if summary.failed:
-        raise UserError(f"{len(summary.failed)} of {summary.total} item(s) failed: {summary.failed[0]['error']}")
+        bugs = [f for f in summary.failed if f.get("internal")]
+        first = (bugs or summary.failed)[0]  # a bug outranks bad input: name it
+        hint = " (rerun with --debug for the traceback)" if bugs else ""
+        raise BatchError(f"{len(summary.failed)} of {summary.total} item(s) failed: {first['item']}: {first['error']}{hint}",
+                         internal=bool(bugs))
 
 
 # ---------------------------------------------------------------- demo

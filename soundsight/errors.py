@@ -30,3 +30,13 @@ class ModelError(UserError):
 
 class RecipeError(UserError):
     """A recipe is malformed or fails validation."""
+
+
+class BatchError(UserError):
+    """Items of a batch failed. The batch itself finished, so the message stays one line, but
+    the exit code keeps the contract: 1 when any item failed with a bug, 2 when all were input
+    problems."""
+
+    def __init__(self, message: str, internal: bool):
+        super().__init__(message)
+        self.exit_code = 1 if internal else 2

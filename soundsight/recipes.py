@@ -336,7 +336,8 @@ def run_recipe(path: Path, *, dry_run: bool = False, resume: bool = True, force:
         except Exception as exc:  # one broken item must not sink the batch
             if sess.debug:
                 raise
-            summary.failed.append({"item": item.label, "error": f"internal error: {type(exc).__name__}: {exc}"})
+            summary.failed.append({"item": item.label, "error": f"internal error: {type(exc).__name__}: {exc}",
+                                   "internal": True})
         advance()
     summary.seconds = time.perf_counter() - started
     return summary

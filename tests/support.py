@@ -65,6 +65,8 @@ def _slowcopy(params, ctx):
     if params.get("fail"):
         from soundsight.errors import InputError
         raise InputError(f"refusing {params['input']}")
+    if params.get("crash"):
+        raise RuntimeError(f"bug on {params['input']}")
     time.sleep(params["sleep"])
     out = Path(params["out"])
     check_output(out, force=ctx.force, inputs=(params["input"],))
@@ -81,6 +83,7 @@ def register_recipe_steps(register):
         "out": Param(str, kind="output", required=True),
         "sleep": Param(float, default=0.0),
         "fail": Param(bool, default=False),
+        "crash": Param(bool, default=False),
         "mode": Param(str, default="copy", choices=("copy", "link")),
     }))
 

@@ -80,9 +80,35 @@ steps:
     s = json.loads(r.out)
     assert len(s["done"]) == 3 and [f["item"] for f in s["failed"]] == ["bad"]
     assert "refusing" in s["failed"][0]["error"]
-    assert r.err.strip().startswith("error: 1 of 4 item(s) failed")
+    assert r.err.strip() == f"error: 1 of 4 item(s) failed: bad: refusing {inputs / 'f2.txt'}"
     assert not (tmp_path / "out" / "bad.copy").exists()
     assert (tmp_path / "out" / "last.copy").exists()
+
+
+def test_a_bug_in_one_item_exits_1_and_the_rest_finish(tmp_path, env, inputs):
+    recipe = write_recipe(tmp_path, """
+version: 1
+steps:
+  - step: slowcopy
+    name: bad
+    with: {input: in/f0.txt, out: out/bad.copy, fail: true}
+  - step: slowcopy
+    name: buggy
+    with: {input: in/f1.txt, out: out/buggy.copy, crash: true}
+  - step: slowcopy
+    name: last
+    with: {input: in/f3.txt, out: out/last.copy}
+""")
+    r = run_cli("run", recipe, "--json", env=env)
+    # a bug is exit 1 (as for any command), even when an input problem failed first
+    assert r.code == 1
+    s = json.loads(r.out)
+    assert [f["item"] for f in s["done"]] == ["last"]
+    assert [(f["item"], bool(f.get("internal"))) for f in s["failed"]] == [("bad", False), ("buggy", True)]
+    assert r.err.strip().splitlines() == ["error: 2 of 3 item(s) failed: buggy: internal error: RuntimeError: bug on "
+                                          f"{inputs / 'f1.txt'} (rerun with --debug for the traceback)"]
+    assert (tmp_path / "out" / "last.copy").read_text() == "file 3\n"
+    assert not (tmp_path / "out" / "buggy.copy").exists()
 
 
 def test_dry_run_writes_nothing(tmp_path, env, inputs):
