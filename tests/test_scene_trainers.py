@@ -184,6 +184,27 @@ def test_gan_resume_continues_from_the_saved_step(scene_models, tmp_path):
         scene_gan.main([*common, "--steps", str(saved + 2), "--resume", "--ch", "8"])
 
 
+def test_gan_learning_rate_decays_linearly_from_decay_from(scene_models, tmp_path):
+    from soundsight_train import scene_gan
+    from soundsight_train.scene_gan import lr_factor
+
+    assert [lr_factor(s, 100, 0) for s in (0, 99)] == [1.0, 1.0]
+    assert [lr_factor(s, 100, 60) for s in (0, 59, 60, 80, 99, 100)] == [1.0, 1.0, 1.0, 0.5, 0.025, 0.0]
+    run, out = _copy_run(scene_models, "gan", tmp_path), tmp_path / "gan-decay"
+    saved = _state(run)["step"]
+    common = _common(scene_models, run, out) + ["--image-encoder", str(scene_models["fv"]), "--size", "64"]
+    # resumed with a decay over its next 4 steps: the last of them (step index saved + 3) runs at a
+    # quarter of the base rates, which the checkpoint's optimisers keep; the card names the schedule
+    assert scene_gan.main([*common, "--steps", str(saved + 4), "--decay-from", str(saved),
+                           "--lr-g", "1e-4", "--lr-d", "4e-4", "--resume"]) == 0
+    opt = torch.load(run / "ckpt" / "optim.pt", weights_only=True)
+    rates = [g["lr"] for g in opt["opt_g"]["param_groups"]] + [g["lr"] for g in opt["opt_d"]["param_groups"]]
+    assert rates == pytest.approx([1e-4 * 0.25, 4e-4 * 0.25])
+    assert _card(out)["training"]["optimizer"]["schedule"] == f"constant to step {saved}, then linear to 0 at step {saved + 4}"
+    with pytest.raises(SystemExit):
+        scene_gan.main([*common, "--steps", str(saved + 4), "--decay-from", str(saved + 4), "--resume"])
+
+
 def test_standing_stats_fit_the_batch_norm_statistics_to_the_weights():
     """The EMA copy of G inherits the live G's batch-norm running statistics, which do not fit
     its averaged weights; standing_stats recomputes them, so G in eval mode draws what the same
