@@ -16,6 +16,8 @@ import typer
 from soundsight import __version__, session
 from soundsight.errors import BatchError, UserError
 
+DEBUG_HINT = "(rerun with --debug for the traceback)"  # the tail of every bug's one-line error
+
 app = typer.Typer(
     name="soundsight",
     help="Audio-driven media editing: imagine scenes from sound, forecast video from its "
@@ -249,7 +251,7 @@ def run_cmd(
     if summary.failed:
         bugs = [f for f in summary.failed if f.get("internal")]
         first = (bugs or summary.failed)[0]  # a bug outranks bad input: name it
-        hint = " (rerun with --debug for the traceback)" if bugs else ""
+        hint = f" {DEBUG_HINT}" if bugs else ""
         raise BatchError(f"{len(summary.failed)} of {summary.total} item(s) failed: {first['item']}: {first['error']}{hint}",
                          internal=bool(bugs))
 
@@ -337,5 +339,4 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if debug or session.current().debug:
             raise
-        _fail(f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
-              "(rerun with --debug for the traceback)", 1)
+        _fail(f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())} {DEBUG_HINT}", 1)
