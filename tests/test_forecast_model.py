@@ -384,6 +384,46 @@ def test_training_entrypoint_resume_and_registry(tiny_dataset, tmp_path):
         forecast.main(common + ["--steps", "4", "--resume", "--no-audio"])
 
 
+def test_training_warm_start_goes_on_from_the_models_step_with_a_decaying_rate(tiny_dataset, tmp_path):
+    import json
+
+    from soundsight.registry import resolve
+    from soundsight_train import forecast
+
+    def common(out, run, nf="4"):
+        return ["--data", str(tiny_dataset), "--batch", "2", "--nf", nf, "--rnn-size", "16", "--d-nf", "4",
+                "--d-hidden", "4", "--n-past", "3", "--n-future", "4", "--out", str(out), "--run", str(run),
+                "--log-every", "1", "--final-val-clips", "2", "--final-val-samples", "2", "--threads", "1"]
+
+    src = tmp_path / "src"
+    assert forecast.main(common(src, tmp_path / "run-src") + ["--steps", "3"]) == 0
+    source = resolve(str(src))
+    # the weights arrive unchanged, and the step count is the card's
+    g = Sound2Sight(Sound2SightConfig(**source.config))
+    info = forecast.warm_start(g, g.cfg, str(src))
+    assert info["steps"] == 3 and info["sha256"] == source.sha256()
+    assert all(torch.equal(v, source.tensors()[k]) for k, v in g.state_dict().items())
+
+    out, run = tmp_path / "warm", tmp_path / "run-warm"
+    assert forecast.main(common(out, run) + ["--steps", "7", "--decay-from", "3", "--init-from", str(src)]) == 0
+    curve = [json.loads(line) for line in (run / "curve.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in curve if "mse" in r] == [4, 5, 6, 7]
+    card = resolve(str(out)).card["training"]
+    assert card["steps"] == 7 and card["init_from"]["model"] == "src" and card["init_from"]["steps"] == 3
+    assert card["optimizer"]["schedule"] == "constant to step 3, then linear to 0 at step 7"
+    # the last step (index 6) ran at a quarter of the base rates
+    opt = torch.load(run / "ckpt" / "optim.pt", weights_only=True)
+    assert opt["g"]["param_groups"][0]["lr"] == pytest.approx(2e-3 * 0.25)
+    assert opt["d"]["param_groups"][0]["lr"] == pytest.approx(2.5e-3 * 0.25)
+
+    with pytest.raises(SystemExit, match="another architecture or config"):
+        forecast.main(common(tmp_path / "w2", tmp_path / "r2", nf="8") + ["--steps", "9", "--init-from", str(src)])
+    with pytest.raises(SystemExit, match="nothing to train"):
+        forecast.main(common(tmp_path / "w3", tmp_path / "r3") + ["--steps", "3", "--init-from", str(src)])
+    with pytest.raises(SystemExit, match="--decay-from must be"):
+        forecast.main(common(tmp_path / "w4", tmp_path / "r4") + ["--steps", "9", "--decay-from", "9"])
+
+
 def test_eval_entrypoint(tiny_dataset, tmp_path, capsys):
     import json
     from dataclasses import asdict

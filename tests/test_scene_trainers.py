@@ -186,10 +186,10 @@ def test_gan_resume_continues_from_the_saved_step(scene_models, tmp_path):
 
 def test_gan_learning_rate_decays_linearly_from_decay_from(scene_models, tmp_path):
     from soundsight_train import scene_gan
-    from soundsight_train.scene_gan import lr_factor
+    from soundsight_train.schedules import linear_decay
 
-    assert [lr_factor(s, 100, 0) for s in (0, 99)] == [1.0, 1.0]
-    assert [lr_factor(s, 100, 60) for s in (0, 59, 60, 80, 99, 100)] == [1.0, 1.0, 1.0, 0.5, 0.025, 0.0]
+    assert [linear_decay(s, 100, 0) for s in (0, 99)] == [1.0, 1.0]
+    assert [linear_decay(s, 100, 60) for s in (0, 59, 60, 80, 99, 100)] == [1.0, 1.0, 1.0, 0.5, 0.025, 0.0]
     run, out = _copy_run(scene_models, "gan", tmp_path), tmp_path / "gan-decay"
     saved = _state(run)["step"]
     common = _common(scene_models, run, out) + ["--image-encoder", str(scene_models["fv"]), "--size", "64"]

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from soundsight_train.checkpoints import load_gan, save_gan
 from soundsight_train.distributed import is_main, setup_distributed, unwrap
+from soundsight_train.schedules import check_decay_from, decay_text, linear_decay, set_lr
 from soundsight_plugins.forecast.model import (
     ARCHITECTURE,
     TASK,
@@ -215,7 +216,9 @@ def write_registry(out: Path, G, cfg, args, state: dict, metrics: dict, data_met
         "seconds": round(state.get("elapsed", 0.0), 1),
         "device": state.get("device"),
         "final": final,
-        "optimizer": {"type": "Adam", "lr_generator": args.lr, "lr_discriminator": args.lr_d},
+        "optimizer": {"type": "Adam", "lr_generator": args.lr, "lr_discriminator": args.lr_d,
+                      "schedule": decay_text(args.decay_from, args.steps)},
+        "init_from": state.get("init_from"),
         "loss": {"beta": args.beta, "free_bits": args.free_bits, "gamma": args.gamma,
                  "gamma_every_steps": state.get("gamma_every"),
                  "gamma_now": state.get("gamma_now")},
@@ -273,6 +276,25 @@ class Progress:
             self.bar.stop()
 
 
+def warm_start(G, cfg, model: str) -> dict:
+    """Load a registry model's generator weights into ``G`` (checksums verified, configs equal);
+    returns what the card records of the source, with the step its training reached."""
+    from soundsight.errors import UserError
+    from soundsight.registry import resolve
+
+    try:
+        folder = resolve(model, task=TASK)
+    except UserError as e:
+        raise SystemExit(f"error: --init-from: {e}")
+    diff = {k: (folder.config.get(k), v) for k, v in asdict(cfg).items() if folder.config.get(k) != v}
+    if folder.card.get("architecture") != ARCHITECTURE or diff:
+        raise SystemExit(f"error: --init-from {model} has another architecture or config (its vs now: {diff})")
+    G.load_state_dict(folder.tensors("model.safetensors", device="cpu"))
+    return {"model": folder.name, "sha256": folder.sha256(),
+            "steps": int(folder.card.get("training", {}).get("steps", 0)),
+            "note": "generator weights only; discriminator and Adam state started afresh"}
+
+
 # --------------------------------------------------------------------------------------------
 # Main
 
@@ -305,6 +327,12 @@ def parse(argv=None):
     # optimisation
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--lr-d", type=float, default=2.5e-3)
+    ap.add_argument("--decay-from", type=int, default=0,
+                    help="both learning rates linear to 0 from this step to --steps (0: constant)")
+    ap.add_argument("--init-from", default=None, metavar="MODEL",
+                    help="start the generator from a registry model of the same config; the step count goes "
+                         "on from its card's, the discriminator and optimisers start afresh (a checkpoint "
+                         "to --resume from wins)")
     ap.add_argument("--beta", type=float, default=1e-4)
     ap.add_argument("--free-bits", type=float, default=0.0,
                     help="KL floor in nats per frame and z dim (0: the paper's loss)")
@@ -325,6 +353,7 @@ def parse(argv=None):
 
 def main(argv=None) -> int:
     args = parse(argv)
+    check_decay_from(args.decay_from, args.steps)
     command = "python -m soundsight_train.forecast " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     rank, world, _, dev = setup_distributed(args.device)
     if args.threads:
@@ -384,6 +413,12 @@ def main(argv=None) -> int:
             log(f"resumed from {ck} at step {state['step']}")
         elif args.resume != "auto":
             raise SystemExit(f"error: no checkpoint at {ck}")
+    if args.init_from and state["step"] == 0:
+        source = warm_start(unwrap(G), cfg, args.init_from)
+        state.update(step=source["steps"], init_from=source)
+        log(f"generator from {args.init_from} (step {state['step']}); discriminator and optimisers new")
+        if state["step"] >= args.steps:
+            raise SystemExit(f"error: the run is at step {state['step']} already; --steps {args.steps} leaves nothing to train")
     batches = Batches(train, length, args.batch, args.seed * 7919 + rank + 1000003 * state["step"], "cpu")
     pick_gen = torch.Generator().manual_seed(args.seed + 17 * rank + state["step"])
 
@@ -408,6 +443,10 @@ def main(argv=None) -> int:
     while step < args.steps:
         frames, audio = batches.next()
         frames, audio = frames.to(dev.torch_device), audio.to(dev.torch_device)
+        f = linear_decay(step, args.steps, args.decay_from)
+        set_lr(opt_g, args.lr * f)
+        if opt_d is not None:
+            set_lr(opt_d, args.lr_d * f)
         gamma = min(args.gamma * 10 ** (step // gamma_every), args.gamma_max) if args.gamma > 0 else 0.0
 
         stats = train_step(G, D, opt_g, opt_d, scaler, frames, audio, cfg, beta=args.beta, gamma=gamma,

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from soundsight_train.checkpoints import load_checkpoint, save_checkpoint  # noqa: F401 (re-exported)
 from soundsight_train.distributed import cleanup_distributed, setup_distributed, unwrap  # noqa: F401 (re-exported)
+from soundsight_train.schedules import set_lr  # noqa: F401 (re-exported)
 
 # --------------------------------------------------------------------------------------------
 # Distributed
@@ -443,11 +444,6 @@ def ema_update(ema, model, decay: float) -> None:
             pe.lerp_(p.detach(), 1.0 - decay)
         for be, b in zip(ema.buffers(), model.buffers()):
             be.copy_(b)
-
-
-def set_lr(opt, lr: float) -> None:
-    for g in opt.param_groups:
-        g["lr"] = lr
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:

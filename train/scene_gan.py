@@ -45,6 +45,7 @@ from soundsight_plugins.scene_gen.gan import (
 from soundsight_plugins.scene_gen.losses import hinge_d, hinge_g
 from soundsight_train import scene_common as sc
 from soundsight_train.scene_loop import TrainLoop
+from soundsight_train.schedules import check_decay_from, decay_text, linear_decay
 
 
 def parse(argv=None):
@@ -150,26 +151,12 @@ def sample_grid(G, val_u8, val_f, path, seed: int = 0, rows: int = 8, per_row: i
     return sc.save_grid(path, out)
 
 
-def lr_factor(step: int, steps: int, decay_from: int) -> float:
-    """Multiplier of both learning rates at ``step``: 1, then linear to 0 at ``steps`` from
-    ``decay_from`` (0: constant). A constant-rate run plateaus while the EMA still averages
-    a wandering G; a decay phase lets it settle into the average."""
-    if decay_from <= 0 or step < decay_from:
-        return 1.0
-    return max(0.0, (steps - step) / max(1, steps - decay_from))
-
-
-def lr_schedule_text(args) -> str:
-    return (f"constant to step {args.decay_from}, then linear to 0 at step {args.steps}" if args.decay_from > 0
-            else "constant")
-
-
 def write_registry(out, G, cfg, args, state, metrics, data, enc_folder):
     training = {"command": state["command"], "steps": state["step"], "batch": args.batch,
                 "world_size": state["world"], "seconds": round(state["elapsed"], 1), "device": state["device"],
                 "loss": "hinge", "optimizer": {"type": "Adam", "lr_g": args.lr_g, "lr_d": args.lr_d,
                                                "betas": [args.beta1, args.beta2], "d_steps": args.d_steps,
-                                               "schedule": lr_schedule_text(args)},
+                                               "schedule": decay_text(args.decay_from, args.steps)},
                 "ema": args.ema, "weights": "EMA of G, standing batch-norm statistics" if args.ema > 0 else "G", "neighbours": args.neighbours,
                 "diffaugment": args.diffaug,
                 "recon": {"weight": args.recon, "pool": args.recon_pool, "loss": "L1 of average-pooled images"}
@@ -184,8 +171,7 @@ def write_registry(out, G, cfg, args, state, metrics, data, enc_folder):
 
 def main(argv=None) -> int:
     args = parse(argv)
-    if args.decay_from and not 0 < args.decay_from < args.steps:
-        raise SystemExit(f"error: --decay-from must be between 1 and --steps - 1 ({args.steps - 1}), got {args.decay_from}")
+    check_decay_from(args.decay_from, args.steps)
     rank, world, dev, main_proc, out, run, log, command = sc.start(args, "scene_gan", argv)
     from soundsight_train import scenes
 
@@ -253,7 +239,7 @@ def main(argv=None) -> int:
     loop = TrainLoop(args, run, state, modules, optims, main_proc, log, fields, line)
 
     def train_step(step):
-        f = lr_factor(step, args.steps, args.decay_from)
+        f = linear_decay(step, args.steps, args.decay_from)
         sc.set_lr(opt_g, args.lr_g * f)
         sc.set_lr(opt_d, args.lr_d * f)
         for _ in range(args.d_steps):
