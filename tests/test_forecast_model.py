@@ -390,9 +390,9 @@ def test_training_warm_start_goes_on_from_the_models_step_with_a_decaying_rate(t
     from soundsight.registry import resolve
     from soundsight_train import forecast
 
-    def common(out, run, nf="4"):
+    def common(out, run, nf="4", window=("3", "4")):
         return ["--data", str(tiny_dataset), "--batch", "2", "--nf", nf, "--rnn-size", "16", "--d-nf", "4",
-                "--d-hidden", "4", "--n-past", "3", "--n-future", "4", "--out", str(out), "--run", str(run),
+                "--d-hidden", "4", "--n-past", window[0], "--n-future", window[1], "--out", str(out), "--run", str(run),
                 "--log-every", "1", "--final-val-clips", "2", "--final-val-samples", "2", "--threads", "1"]
 
     src = tmp_path / "src"
@@ -418,6 +418,11 @@ def test_training_warm_start_goes_on_from_the_models_step_with_a_decaying_rate(t
 
     with pytest.raises(SystemExit, match="another architecture or config"):
         forecast.main(common(tmp_path / "w2", tmp_path / "r2", nf="8") + ["--steps", "9", "--init-from", str(src)])
+    # another training window is allowed: the weights do not depend on it
+    longer = tmp_path / "w5"
+    assert forecast.main(common(longer, tmp_path / "r5", window=("2", "6")) + ["--steps", "4",
+                                                                             "--init-from", str(src)]) == 0
+    assert resolve(str(longer)).config["n_future"] == 6
     with pytest.raises(SystemExit, match="nothing to train"):
         forecast.main(common(tmp_path / "w3", tmp_path / "r3") + ["--steps", "3", "--init-from", str(src)])
     with pytest.raises(SystemExit, match="--decay-from must be"):

@@ -276,6 +276,9 @@ class Progress:
             self.bar.stop()
 
 
+WINDOW_KEYS = ("n_past", "n_future", "n_eval")
+
+
 def warm_start(G, cfg, model: str) -> dict:
     """Load a registry model's generator weights into ``G`` (checksums verified, configs equal);
     returns what the card records of the source, with the step its training reached."""
@@ -286,7 +289,10 @@ def warm_start(G, cfg, model: str) -> dict:
         folder = resolve(model, task=TASK)
     except UserError as e:
         raise SystemExit(f"error: --init-from: {e}")
-    diff = {k: (folder.config.get(k), v) for k, v in asdict(cfg).items() if folder.config.get(k) != v}
+    # the training window is a choice of the run, not of the weights: a model trained on 5 + 15
+    # frame windows can go on with longer ones (e.g. on M3SO with its block)
+    diff = {k: (folder.config.get(k), v) for k, v in asdict(cfg).items()
+            if folder.config.get(k) != v and k not in WINDOW_KEYS}
     if folder.card.get("architecture") != ARCHITECTURE or diff:
         raise SystemExit(f"error: --init-from {model} has another architecture or config (its vs now: {diff})")
     G.load_state_dict(folder.tensors("model.safetensors", device="cpu"))
@@ -330,8 +336,8 @@ def parse(argv=None):
     ap.add_argument("--decay-from", type=int, default=0,
                     help="both learning rates linear to 0 from this step to --steps (0: constant)")
     ap.add_argument("--init-from", default=None, metavar="MODEL",
-                    help="start the generator from a registry model of the same config; the step count goes "
-                         "on from its card's, the discriminator and optimisers start afresh (a checkpoint "
+                    help="start the generator from a registry model of the same config (the training window "
+                         "may differ); the step count goes on from its card's, the discriminator and optimisers start afresh (a checkpoint "
                          "to --resume from wins)")
     ap.add_argument("--beta", type=float, default=1e-4)
     ap.add_argument("--free-bits", type=float, default=0.0,
