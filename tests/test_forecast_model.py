@@ -495,6 +495,22 @@ def test_block_iou():
     assert block_iou(np.zeros((48, 48)), (5, 10, 30, 35)) == 0.0
 
 
+def test_chance_block_iou_is_exact_when_the_block_fills_the_frame_and_grows_with_k():
+    from soundsight_train.eval_forecast import box_iou, chance_block_iou
+
+    assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    # a block as large as the frame has one spot: every guess is right
+    assert chance_block_iou([(0, 0, 48, 48)], 48, 1) == 1.0
+    # a 47 px block in 48 px: four spots, neighbours overlap 46*47 / (2*47*47 - 46*47)
+    one, many = chance_block_iou([(0, 0, 47, 47)] * 400, 48, 1), chance_block_iou([(0, 0, 47, 47)] * 50, 48, 20)
+    side = 46 * 47 / (2 * 47 * 47 - 46 * 47)
+    diag = 46 * 46 / (2 * 47 * 47 - 46 * 46)
+    assert one == pytest.approx((1 + 2 * side + diag) / 4, abs=0.02) and many == 1.0
+    boxes = [(x, y, x + 25, y + 25) for x, y in np.random.default_rng(1).integers(0, 24, (200, 2))]
+    k1, k10, k100 = (chance_block_iou(boxes, 48, k) for k in (1, 10, 100))
+    assert 0.15 < k1 < k10 < k100 < 1.0 and k100 > 0.8
+
+
 def test_eval_entrypoint_block_variant(tmp_path, capsys):
     import json
     from dataclasses import asdict
@@ -516,6 +532,7 @@ def test_eval_entrypoint_block_variant(tmp_path, capsys):
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["n_past"] == 30 and res["n_future"] == 40 and res["report_frames"] == [31, 42, 70]
     assert 0.0 <= res["rows"]["Sound2Sight (ours)"]["block_iou"] <= 1.0
+    assert set(res["chance_block_iou"]) == {"1", "2"} and "chance block IoU" in out
 
 
 def test_frame_chunks():

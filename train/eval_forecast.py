@@ -52,12 +52,7 @@ def block_iou(frame: np.ndarray, box, threshold: float = 0.5) -> float:
     sizes = ndimage.sum(np.ones_like(img), labels, index=np.arange(1, n + 1))
     ys, xs = np.nonzero(labels == int(np.argmax(sizes)) + 1)
     px0, py0, px1, py1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
-    x0, y0, x1, y1 = (int(v) for v in box)
-    iw = max(0, min(px1, x1) - max(px0, x0))
-    ih = max(0, min(py1, y1) - max(py0, y0))
-    inter = iw * ih
-    union = (px1 - px0) * (py1 - py0) + (x1 - x0) * (y1 - y0) - inter
-    return float(inter / union) if union > 0 else 0.0
+    return box_iou((px0, py0, px1, py1), tuple(int(v) for v in box))
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,6 +124,27 @@ def markdown_table(rows: dict[str, dict], frames=REPORT_FRAMES) -> str:
         extra = f" {s.get('block_iou', float('nan')):.3f} |" if iou else ""
         lines.append(f"| {name} | {ss} | {ps} |{extra}")
     return "\n".join(lines)
+
+
+def box_iou(a, b) -> float:
+    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def chance_block_iou(boxes, size: int, k: int, seed: int = 0) -> float:
+    """The IoU a guesser gets with ``k`` blocks of the true size at uniform random spots, keeping
+    the one that overlaps the true block best: what best-of-K IoU is worth without any skill.
+    A large block in a small frame makes it high (a 25 px block in 48 px: ~0.88 at K = 100)."""
+    rng = np.random.default_rng(seed)
+    best = []
+    for x0, y0, x1, y1 in (tuple(int(v) for v in b) for b in boxes):
+        side = x1 - x0
+        xs, ys = rng.integers(0, size - side + 1, k), rng.integers(0, size - side + 1, k)
+        best.append(max(box_iou((x, y, x + side, y + side), (x0, y0, x1, y1)) for x, y in zip(xs, ys)))
+    return float(np.mean(best))
 
 
 def load_registry_model(path_or_name, device):
@@ -217,12 +233,19 @@ def main(argv=None) -> int:
         rows["copy last seen frame"]["block_iou"] = round(float(np.mean(
             [block_iou(f, b) for f, b in zip(last_seen, data["block"])])), 4)
     table = markdown_table(rows, report)
+    if block:
+        boxes = data["block"][: len(frames)]
+        chance = {str(k): round(chance_block_iou(boxes, frames.shape[-1], k, args.seed), 4)
+                  for k in sorted({1, args.samples})}
+        table += ("\n\nchance block IoU (random blocks of the true size, the best of K by IoU): "
+                  + ", ".join(f"K={k}: {v:.3f}" for k, v in chance.items()))
     name = "M3SO" if block else "M3SO-NB"
     print(f"\n{name} {args.split} ({len(frames)} clips), best of K={args.samples}, frames 1-{args.n_past} seen\n")
     print(table)
     if args.json:
         result = {"variant": variant, "report_frames": list(report), "split": args.split, "clips": len(frames), "samples": args.samples, "temperature": args.temperature, "muted": args.mute, "n_past": args.n_past,
-                  "n_future": args.n_future, "rows": rows, "seconds": timing, "table": table}
+                  "n_future": args.n_future, "rows": rows, "seconds": timing, "table": table,
+                  **({"chance_block_iou": chance} if block else {})}
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"\nwrote {args.json}")
     if args.write_card:
