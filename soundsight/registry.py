@@ -64,7 +64,8 @@ def sha256_file(path: Path) -> str:
 class ModelSpec:
     """What a plugin tells the registry through ``register_models``.
 
-    ``name``/``task``: a model the plugin uses by default (shown by ``soundsight models list``).
+    ``name``/``task``: a model the plugin uses, by default or with ``--model`` (shown by
+    ``soundsight models list``).
     ``architecture`` + ``loader``: the plugin can build models whose card names this
     architecture; ``loader(folder: ModelFolder, device) -> model``. This is how one plugin uses
     a model another plugin defines without importing it: ``registry.load(name, device)``.

@@ -162,6 +162,9 @@ def register_models(register):
     register(ModelSpec(name=DEFAULT_MODEL, task="frame-forecast", plugin="forecast",
                        description="Sound2Sight trained on M3SO-NB, 48 px",
                        architecture="sound2sight", loader=_load_sound2sight))
+    register(ModelSpec(name="m3so-48", task="frame-forecast", plugin="forecast",
+                       description="Sound2Sight trained on M3SO (with the block), 48 px; --seen 30 --predict 40",
+                       architecture="sound2sight"))
 
 
 @hookimpl
