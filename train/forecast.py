@@ -280,8 +280,8 @@ WINDOW_KEYS = ("n_past", "n_future", "n_eval")
 
 
 def warm_start(G, cfg, model: str) -> dict:
-    """Load a registry model's generator weights into ``G`` (checksums verified, configs equal);
-    returns what the card records of the source, with the step its training reached."""
+    """Load a registry model's generator weights into ``G`` (checksums verified, configs equal but
+    for the training window); returns what the card records of the source, with its step."""
     from soundsight.errors import UserError
     from soundsight.registry import resolve
 
@@ -337,8 +337,8 @@ def parse(argv=None):
                     help="both learning rates linear to 0 from this step to --steps (0: constant)")
     ap.add_argument("--init-from", default=None, metavar="MODEL",
                     help="start the generator from a registry model of the same config (the training window "
-                         "may differ); the step count goes on from its card's, the discriminator and optimisers start afresh (a checkpoint "
-                         "to --resume from wins)")
+                         "may differ); the step count goes on from its card's, the discriminator and optimisers "
+                         "start afresh (a checkpoint to --resume from wins)")
     ap.add_argument("--beta", type=float, default=1e-4)
     ap.add_argument("--free-bits", type=float, default=0.0,
                     help="KL floor in nats per frame and z dim (0: the paper's loss)")
