@@ -423,6 +423,9 @@ def test_training_warm_start_goes_on_from_the_models_step_with_a_decaying_rate(t
     assert forecast.main(common(longer, tmp_path / "r5", window=("2", "6")) + ["--steps", "4",
                                                                              "--init-from", str(src)]) == 0
     assert resolve(str(longer)).config["n_future"] == 6
+    # the quick validation reports frames inside the predicted span, also after 30 seen frames
+    assert forecast.quick_frames(5, 25) == (6, 15, 25) and forecast.quick_frames(10, 25) == (15, 25)
+    assert forecast.quick_frames(30, 25) == (31, 43, 55)
     with pytest.raises(SystemExit, match="nothing to train"):
         forecast.main(common(tmp_path / "w3", tmp_path / "r3") + ["--steps", "3", "--init-from", str(src)])
     with pytest.raises(SystemExit, match="--decay-from must be"):
