@@ -384,6 +384,21 @@ def test_training_entrypoint_resume_and_registry(tiny_dataset, tmp_path):
         forecast.main(common + ["--steps", "4", "--resume", "--no-audio"])
 
 
+def test_training_without_validation_writes_a_model_with_no_val_metrics(tiny_dataset, tmp_path):
+    from soundsight.registry import resolve
+    from soundsight_train import forecast
+
+    out = tmp_path / "noval"
+    args = ["--data", str(tiny_dataset), "--batch", "2", "--nf", "4", "--rnn-size", "16", "--d-nf", "4",
+            "--d-hidden", "4", "--n-past", "3", "--n-future", "4", "--out", str(out), "--run", str(tmp_path / "run"),
+            "--threads", "1", "--steps", "2", "--val-clips", "0", "--final-val-clips", "0"]
+    assert forecast.main(args) == 0
+    card = resolve(str(out)).card
+    assert card["training"]["steps"] == 2 and "val" not in card.get("metrics", {})
+    with pytest.raises(SystemExit):
+        forecast.main(args + ["--final-val-clips", "-1"])
+
+
 def test_training_warm_start_goes_on_from_the_models_step_with_a_decaying_rate(tiny_dataset, tmp_path):
     import json
 

@@ -360,11 +360,18 @@ def parse(argv=None):
     ap.add_argument("--log-every", type=int, default=20)
     ap.add_argument("--ckpt-minutes", type=float, default=5.0)
     ap.add_argument("--snapshot-minutes", type=float, default=15.0)
-    ap.add_argument("--val-clips", type=int, default=50)
+    ap.add_argument("--val-clips", type=int, default=50, help="validation clips per snapshot (0: no snapshot validation)")
     ap.add_argument("--val-samples", type=int, default=20)
-    ap.add_argument("--final-val-clips", type=int, default=200)
+    ap.add_argument("--final-val-clips", type=int, default=200, help="validation clips at the end (0: none)")
     ap.add_argument("--final-val-samples", type=int, default=100)
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    for name in ("val_clips", "final_val_clips"):
+        if getattr(args, name) < 0:
+            ap.error(f"--{name.replace('_', '-')} must be 0 or more")
+    for name in ("val_samples", "final_val_samples"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be 1 or more")
+    return args
 
 
 def main(argv=None) -> int:
@@ -497,27 +504,34 @@ def main(argv=None) -> int:
             last_ck = time.time()
         if main_proc and now - last_snap > args.snapshot_minutes * 60 and step < args.steps:
             t0 = time.time()
-            metrics = {"val_quick": quick_eval(G, val, cfg, dev.torch_device, args.val_clips, args.val_samples,
-                                               cfg.n_eval)}
+            metrics = {}
+            if args.val_clips:
+                metrics["val_quick"] = quick_eval(G, val, cfg, dev.torch_device, args.val_clips, args.val_samples,
+                                                  cfg.n_eval)
+                with open(curve_path, "a") as f:
+                    f.write(json.dumps({"step": step, "val": metrics["val_quick"]}) + "\n")
             write_registry(out, G, cfg, args, state, metrics, meta, final=False)
-            with open(curve_path, "a") as f:
-                f.write(json.dumps({"step": step, "val": metrics["val_quick"]}) + "\n")
-            log(f"snapshot -> {out} (val best-of-{args.val_samples} SSIM {metrics['val_quick']['ssim']}, "
-                f"copy-last {metrics['val_quick']['copy_last_ssim']}; {time.time() - t0:.0f}s)")
+            if metrics:
+                log(f"snapshot -> {out} (val best-of-{args.val_samples} SSIM {metrics['val_quick']['ssim']}, "
+                    f"copy-last {metrics['val_quick']['copy_last_ssim']}; {time.time() - t0:.0f}s)")
+            else:
+                log(f"snapshot -> {out}")
             last_snap = time.time()
             t_start += time.time() - t0  # evaluation time is not training time
 
     progress.close()
     if main_proc:
         curve.close()
-        log("final validation ...")
-        metrics = {"val": quick_eval(G, val, cfg, dev.torch_device, args.final_val_clips, args.final_val_samples,
-                                     cfg.n_eval)}
-        with open(curve_path, "a") as f:
-            f.write(json.dumps({"step": step, "val_final": metrics["val"]}) + "\n")
+        metrics = {}
+        if args.final_val_clips:
+            log("final validation ...")
+            metrics["val"] = quick_eval(G, val, cfg, dev.torch_device, args.final_val_clips, args.final_val_samples,
+                                        cfg.n_eval)
+            with open(curve_path, "a") as f:
+                f.write(json.dumps({"step": step, "val_final": metrics["val"]}) + "\n")
+            log(f"val best-of-{args.final_val_samples} SSIM {metrics['val']['ssim']} PSNR {metrics['val']['psnr']}; "
+                f"copy-last SSIM {metrics['val']['copy_last_ssim']}")
         write_registry(out, G, cfg, args, state, metrics, meta, final=True)
-        log(f"val best-of-{args.final_val_samples} SSIM {metrics['val']['ssim']} PSNR {metrics['val']['psnr']}; "
-            f"copy-last SSIM {metrics['val']['copy_last_ssim']}")
         log(f"wrote registry model {out}")
     if world > 1:
         import torch.distributed as dist
