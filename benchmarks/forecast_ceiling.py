@@ -9,7 +9,8 @@ Per model, on the first ``--limit`` clips of the split, SSIM / PSNR at the repor
   the posterior that has seen the frame (the training pass, teacher-forced). Nothing a sampler
   can do beats this at the first predicted frame: it is the encoder / predictor / decoder's
   reconstruction ceiling. At later frames it is easier than the task (the real previous frame).
-- **best of K** (the paper's protocol, ``soundsight_train.eval_forecast.best_of_k``).
+- **best of K** (``soundsight_train.eval_forecast.best_of_k``), both ways: the best sample at
+  each frame (the paper's evaluation code) and one sample per clip (the best mean).
 - **prior mean**: one rollout with temperature 0 (what ``--samples 1`` gives without luck).
 
 If best-of-K at frame 6 sits at the one-step ceiling, more samples or a better prior cannot
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from soundsight_train.eval_forecast import (REPORT_FRAMES, best_of_k, load_registry_model, markdown_table,
-                                                summarize)
+                                                per_frame_curves, summarize)
     from soundsight_train.m3so import load_split
 
     data = load_split(args.data, args.split)
@@ -65,11 +66,12 @@ def main(argv=None) -> int:
         rows, t0 = {}, time.time()
         rows["one step, posterior (ceiling)"] = summarize(one_step_posterior(model, frames, audio, n_past, n_future),
                                                           n_past)
-        rows[f"best of {args.samples}"] = summarize(
-            best_of_k(model, frames, audio, n_past, n_future, args.samples, device="cpu"), n_past)
+        curves = best_of_k(model, frames, audio, n_past, n_future, args.samples, device="cpu")
+        rows[f"best of {args.samples}, at each frame"] = summarize(per_frame_curves(curves), n_past)
+        rows[f"best of {args.samples}, one sample per clip"] = summarize(curves, n_past)
         rows["prior mean (temperature 0)"] = summarize(
             best_of_k(model, frames, audio, n_past, n_future, 1, device="cpu", temperature=0.0), n_past)
-        print(f"\n{folder} ({args.split}, {len(frames)} clips, {time.time() - t0:.0f}s)\n")
+        print(f"\n{folder.name} ({folder.path}; {args.split}, {len(frames)} clips, {time.time() - t0:.0f}s)\n")
         print(markdown_table(rows, REPORT_FRAMES))
     return 0
 
