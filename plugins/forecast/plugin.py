@@ -165,6 +165,9 @@ def register_models(register):
     register(ModelSpec(name="m3so-48", task="frame-forecast", plugin="forecast",
                        description="Sound2Sight trained on M3SO (with the block), 48 px; --seen 30 --predict 40",
                        architecture="sound2sight"))
+    register(ModelSpec(name="m3so-nb-48-noaudio", task="frame-forecast", plugin="forecast",
+                       description="the no-audio ablation of m3so-nb-48 (the evaluation's baseline): the soundtrack is ignored",
+                       architecture="sound2sight"))
 
 
 @hookimpl
