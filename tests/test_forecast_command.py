@@ -145,6 +145,26 @@ def test_external_audio_for_silent_video(tmp_path, tiny_model):
     assert (info["width"], info["height"], info["frames"]) == (64, 40, 7)
 
 
+def test_no_audio_model_forecasts_a_silent_clip(tmp_path):
+    import torch
+
+    from soundsight.registry import save_model
+    from soundsight_plugins.forecast.model import Sound2Sight, Sound2SightConfig
+
+    torch.manual_seed(0)
+    cfg = Sound2SightConfig.for_size(48, nf=4, g_dim=16, rnn_size=16, embed_dim=16, tf_ff=16, tf_heads=2,
+                                     d_nf=4, d_hidden=4, use_audio=False)
+    model = save_model(tmp_path / "tiny-noaudio", name="tiny-noaudio", task="frame-forecast",
+                       architecture="sound2sight", config=cfg.to_dict(),
+                       tensors={"model.safetensors": Sound2Sight(cfg).eval().state_dict()})
+    clip = make_video(tmp_path / "mute.mp4", frames=12, fps=25, size=(64, 40), audio=False)
+    r = run_cli("forecast", clip, "--model", model, "--seen", "3", "--predict", "4", "--samples", "2",
+                "--out", tmp_path / "x.mp4", "--json")
+    assert r.code == 0, r.err
+    info = json.loads(run_cli("info", tmp_path / "x.mp4", "--json").out)[0]
+    assert info["frames"] == 7
+
+
 @pytest.mark.parametrize("args,message", [
     (["--seen", "30", "--predict", "5"], "needs at least 31"),
     (["--seen", "1"], "outside what"),

@@ -34,7 +34,9 @@ def load_clip_for_model(clip: Path, cfg, seen: int, predict: int, audio_path: st
     from soundsight.video import probe_video, read_audio_track, read_frames
 
     meta = probe_video(clip)
-    if not meta["has_audio"] and audio_path is None:
+    # a no-audio model (the ablation) forecasts from the frames alone, so a silent clip is fine
+    hears = getattr(cfg, "use_audio", True)
+    if hears and not meta["has_audio"] and audio_path is None:
         raise InputError(f"{clip} has no audio track; give the soundtrack with --audio FILE")
     wanted = seen + predict
     frames_u8, _ = read_frames(clip, fps=cfg.fps, size=(cfg.image_size, cfg.image_size), max_frames=wanted)
@@ -47,12 +49,14 @@ def load_clip_for_model(clip: Path, cfg, seen: int, predict: int, audio_path: st
         frames = (frames @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
     if audio_path is not None:
         audio, _ = load_mix(audio_path, sr=cfg.sample_rate, channels=1)
-    else:
+    elif meta["has_audio"]:
         audio = read_audio_track(clip, cfg.sample_rate, channels=1)
+    else:
+        audio = np.zeros((1, 0), np.float32)
     audio = audio[0]
     need = wanted * cfg.audio_chunk
     audio = np.pad(audio[:need], (0, max(0, need - len(audio))))
-    if not np.any(audio[: len(frames) * cfg.audio_chunk]):
+    if hears and not np.any(audio[: len(frames) * cfg.audio_chunk]):
         raise InputError(f"the soundtrack of {clip} is silent; the model forecasts from sound")
     return frames, audio.reshape(wanted, cfg.audio_chunk), meta
 

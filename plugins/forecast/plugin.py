@@ -166,7 +166,7 @@ def register_models(register):
                        description="Sound2Sight trained on M3SO (with the block), 48 px; --seen 30 --predict 40",
                        architecture="sound2sight"))
     register(ModelSpec(name="m3so-nb-48-noaudio", task="frame-forecast", plugin="forecast",
-                       description="the no-audio ablation of m3so-nb-48 (the evaluation's baseline): the soundtrack is ignored",
+                       description="the no-audio ablation of m3so-nb-48 (the evaluation's baseline): frames only, silent clips work",
                        architecture="sound2sight"))
 
 
