@@ -13,8 +13,7 @@ from support import assert_user_error, run_cli
 CLIP = Path(__file__).resolve().parents[1] / "plugins" / "forecast" / "assets" / "m3so-test.mp4"
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
+def save_tiny(folder: Path, **cfg_kw) -> Path:
     import torch
 
     from soundsight.registry import save_model
@@ -22,11 +21,15 @@ def tiny_model(tmp_path_factory):
 
     torch.manual_seed(0)
     cfg = Sound2SightConfig.for_size(48, nf=4, g_dim=16, rnn_size=16, embed_dim=16, tf_ff=16, tf_heads=2,
-                                     d_nf=4, d_hidden=4)
+                                     d_nf=4, d_hidden=4, **cfg_kw)
     model = Sound2Sight(cfg).eval()
-    folder = tmp_path_factory.mktemp("models") / "tiny-forecast"
-    return save_model(folder, name="tiny-forecast", task="frame-forecast", architecture="sound2sight",
+    return save_model(folder, name=folder.name, task="frame-forecast", architecture="sound2sight",
                       config=cfg.to_dict(), tensors={"model.safetensors": model.state_dict()})
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp("models") / "tiny-forecast")
 
 
 def strip_pixels(path):
@@ -146,17 +149,7 @@ def test_external_audio_for_silent_video(tmp_path, tiny_model):
 
 
 def test_no_audio_model_forecasts_a_silent_clip(tmp_path):
-    import torch
-
-    from soundsight.registry import save_model
-    from soundsight_plugins.forecast.model import Sound2Sight, Sound2SightConfig
-
-    torch.manual_seed(0)
-    cfg = Sound2SightConfig.for_size(48, nf=4, g_dim=16, rnn_size=16, embed_dim=16, tf_ff=16, tf_heads=2,
-                                     d_nf=4, d_hidden=4, use_audio=False)
-    model = save_model(tmp_path / "tiny-noaudio", name="tiny-noaudio", task="frame-forecast",
-                       architecture="sound2sight", config=cfg.to_dict(),
-                       tensors={"model.safetensors": Sound2Sight(cfg).eval().state_dict()})
+    model = save_tiny(tmp_path / "tiny-noaudio", use_audio=False)
     clip = make_video(tmp_path / "mute.mp4", frames=12, fps=25, size=(64, 40), audio=False)
     r = run_cli("forecast", clip, "--model", model, "--seen", "3", "--predict", "4", "--samples", "2",
                 "--out", tmp_path / "x.mp4", "--json")

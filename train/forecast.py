@@ -463,6 +463,18 @@ def main(argv=None) -> int:
     t_win = time.time()
     curve = open(curve_path, "a") if main_proc else None
     step = state["step"]
+
+    def validate(key: str, curve_key: str, clips: int, samples: int) -> dict:
+        """Best-of-``samples`` on ``clips`` val clips, logged and added to the curve ({} for 0 clips)."""
+        if not clips:
+            return {}
+        m = quick_eval(G, val, cfg, dev.torch_device, clips, samples, cfg.n_eval)
+        curve.write(json.dumps({"step": step, curve_key: m}) + "\n")
+        curve.flush()
+        log(f"val best-of-{samples} on {clips} clips: SSIM {m['ssim']} PSNR {m['psnr']}; "
+            f"copy-last SSIM {m['copy_last_ssim']}")
+        return {key: m}
+
     while step < args.steps:
         frames, audio = batches.next()
         frames, audio = frames.to(dev.torch_device), audio.to(dev.torch_device)
@@ -504,33 +516,16 @@ def main(argv=None) -> int:
             last_ck = time.time()
         if main_proc and now - last_snap > args.snapshot_minutes * 60 and step < args.steps:
             t0 = time.time()
-            metrics = {}
-            if args.val_clips:
-                metrics["val_quick"] = quick_eval(G, val, cfg, dev.torch_device, args.val_clips, args.val_samples,
-                                                  cfg.n_eval)
-                with open(curve_path, "a") as f:
-                    f.write(json.dumps({"step": step, "val": metrics["val_quick"]}) + "\n")
+            metrics = validate("val_quick", "val", args.val_clips, args.val_samples)
             write_registry(out, G, cfg, args, state, metrics, meta, final=False)
-            if metrics:
-                log(f"snapshot -> {out} (val best-of-{args.val_samples} SSIM {metrics['val_quick']['ssim']}, "
-                    f"copy-last {metrics['val_quick']['copy_last_ssim']}; {time.time() - t0:.0f}s)")
-            else:
-                log(f"snapshot -> {out}")
+            log(f"snapshot -> {out} ({time.time() - t0:.0f}s)")
             last_snap = time.time()
             t_start += time.time() - t0  # evaluation time is not training time
 
     progress.close()
     if main_proc:
+        metrics = validate("val", "val_final", args.final_val_clips, args.final_val_samples)
         curve.close()
-        metrics = {}
-        if args.final_val_clips:
-            log("final validation ...")
-            metrics["val"] = quick_eval(G, val, cfg, dev.torch_device, args.final_val_clips, args.final_val_samples,
-                                        cfg.n_eval)
-            with open(curve_path, "a") as f:
-                f.write(json.dumps({"step": step, "val_final": metrics["val"]}) + "\n")
-            log(f"val best-of-{args.final_val_samples} SSIM {metrics['val']['ssim']} PSNR {metrics['val']['psnr']}; "
-                f"copy-last SSIM {metrics['val']['copy_last_ssim']}")
         write_registry(out, G, cfg, args, state, metrics, meta, final=True)
         log(f"wrote registry model {out}")
     if world > 1:

@@ -35,8 +35,7 @@ def load_clip_for_model(clip: Path, cfg, seen: int, predict: int, audio_path: st
 
     meta = probe_video(clip)
     # a no-audio model (the ablation) forecasts from the frames alone, so a silent clip is fine
-    hears = getattr(cfg, "use_audio", True)
-    if hears and not meta["has_audio"] and audio_path is None:
+    if cfg.use_audio and not meta["has_audio"] and audio_path is None:
         raise InputError(f"{clip} has no audio track; give the soundtrack with --audio FILE")
     wanted = seen + predict
     frames_u8, _ = read_frames(clip, fps=cfg.fps, size=(cfg.image_size, cfg.image_size), max_frames=wanted)
@@ -56,7 +55,7 @@ def load_clip_for_model(clip: Path, cfg, seen: int, predict: int, audio_path: st
     audio = audio[0]
     need = wanted * cfg.audio_chunk
     audio = np.pad(audio[:need], (0, max(0, need - len(audio))))
-    if hears and not np.any(audio[: len(frames) * cfg.audio_chunk]):
+    if cfg.use_audio and not np.any(audio[: len(frames) * cfg.audio_chunk]):
         raise InputError(f"the soundtrack of {clip} is silent; the model forecasts from sound")
     return frames, audio.reshape(wanted, cfg.audio_chunk), meta
 
