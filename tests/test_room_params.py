@@ -5,6 +5,7 @@ Tiny models only; never the shipped one."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -234,3 +235,91 @@ def test_eval_rematch_params_row(tiny_rooms, params_home, capsys):  # noqa: F811
     assert f"| {ev.PARAMS_ROW} |" in text
     with pytest.raises(SystemExit):
         ev.main(["--folder", str(tiny_rooms), "--params-model", "rooms-rt60-16k"])  # wrong architecture
+
+
+def test_physics_head_is_eyring_on_the_room_it_reads():
+    """With one-hot classes, exact dimensions and a table holding the room's own materials, the
+    physics head's output is the room simulator's Eyring RT60 (and the critical-distance DRR)."""
+    from soundsight_plugins.acoustic_match import room_params_net as net
+    from soundsight_train import rooms
+    from soundsight_train.room_params import class_absorption_table
+
+    # the head's vocabulary is the room sampler's
+    assert net.FLOOR_CLASSES == tuple(rooms.FLOOR) and net.CEILING_CLASSES == tuple(rooms.CEILING)
+    assert net.WALL_CLASSES == tuple(rooms.WALLS) and net.SURFACES == rooms.SURFACES
+    assert net.AIR_M == tuple(rooms._AIR_M[b] for b in BANDS)
+    table = class_absorption_table()
+    assert table.shape == (net.N_CLASS_ROWS, len(BANDS)) and bool(((table > 0) & (table < 1)).all())
+    curtains = net.CLASS_ROWS["wall"] + net.WALL_CLASSES.index("curtains")
+    glass = net.CLASS_ROWS["wall"] + net.WALL_CLASSES.index("glass")
+    assert float(table[curtains].mean()) > 3 * float(table[glass].mean())  # the classes differ as they should
+
+    # the walls share the wall classes' rows: give the four walls one material
+    dims, wall = [6.0, 9.0, 3.2], "brickwork"
+    mats = {"floor": "carpet_cotton", "ceiling": "hard_surface", "west": wall, "east": wall, "south": wall, "north": wall}
+    own = torch.full((net.N_CLASS_ROWS, len(BANDS)), 0.5)
+    aux = torch.full((1, net.N_AUX), -50.0)
+    aux[0, :4] = torch.tensor([math.log(v) for v in dims] + [math.log(2.5)])
+    k = len(net.GEOMETRY)
+    for s in net.SURFACES:  # class 0 of each surface (one-hot), whose table row holds its material
+        aux[0, k] = 50.0
+        k += len(net.surface_classes(s))
+    octaves = (125, 250, 500, 1000, 2000, 4000, 8000)
+    cols = [octaves.index(b) for b in BANDS]
+    own[net.CLASS_ROWS["floor"]] = torch.tensor(rooms._absorption(mats["floor"])[cols])
+    own[net.CLASS_ROWS["ceiling"]] = torch.tensor(rooms._absorption(mats["ceiling"])[cols])
+    own[net.CLASS_ROWS["wall"]] = torch.tensor(rooms._absorption(wall)[cols])
+    out = net.eyring_outputs(aux, own)[0]
+    want = rooms.eyring_rt60(dims, mats)[cols]
+    assert torch.allclose(out[1:6].exp(), torch.tensor(want, dtype=torch.float32), rtol=1e-4)
+    speech = float(np.exp(np.mean(np.log(want))))
+    assert math.exp(float(out[0])) == pytest.approx(speech, rel=1e-4)
+    drr = 20 * math.log10(0.057 * math.sqrt(np.prod(dims) / speech) / 2.5)
+    assert float(out[6]) * 10 == pytest.approx(drr, abs=1e-3)
+    # a bigger room of the same materials reverberates longer
+    aux2 = aux.clone()
+    aux2[0, :3] += math.log(2.0)
+    assert bool((net.eyring_outputs(aux2, own)[0, :6] > out[:6]).all())
+
+
+def test_physics_model_trains_on_its_room_reading_and_mirrors_the_side_walls(tiny_rooms, tmp_path):  # noqa: F811
+    from soundsight.registry import resolve
+    from soundsight_plugins.acoustic_match import room_params_net as net
+    from soundsight_train import room_params
+
+    m = _tiny(physics=True, dropout=0.0)
+    assert m.forward_parts(torch.rand(2, 3, 32, 32))[1].shape == (2, net.N_AUX)
+    x = torch.rand(4, 3, 32, 32)
+    y = torch.tensor([encode(r, {b: r for b in BANDS}, d) for r, d in ((0.3, 2.0), (0.5, -3.0), (1.0, -7.0), (1.6, -12.0))])
+    a = torch.tensor([[1.0, 1.5, 1.0, 0.5, 0, 1, 2, 6, 3, 7]] * 4)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(2):
+        pred, aux = m.forward_parts(x)
+        loss = loss_fn(pred, y) + net.aux_loss(aux, a)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[1] < losses[0]
+    # a mirrored picture swaps the west (index 2) and east (index 3) walls' classes, nothing else
+    flip = torch.tensor([True, False, True, False])
+    swapped = room_params.mirror_aux_targets(a, flip)
+    assert swapped[0, 4 + 2] == 6 and swapped[0, 4 + 3] == 2 and swapped[1, 4 + 2] == 2
+    assert torch.equal(swapped[:, [0, 1, 2, 3, 4, 5, 8, 9]], a[:, [0, 1, 2, 3, 4, 5, 8, 9]])
+
+    out, run = tmp_path / "physics", tmp_path / "run"
+    rc = room_params.main(["--tiny", "--physics", "--data", str(tiny_rooms), "--out", str(out), "--run-dir", str(run),
+                           "--threads", "1"])
+    assert rc == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["config"]["physics"] is True and "cross-entropy" in card["training"]["loss"]
+    reading = card["metrics"]["val_seen_rooms"]["model_room_reading"]
+    assert set(reading["class_accuracy"]) == set(net.SURFACES) and reading["height_mean_rel_error"] >= 0
+    model = loaders.ARCHITECTURES["room-params"][1](resolve(out), "cpu")
+    assert torch.allclose(model.class_absorption, room_params.class_absorption_table())  # saved with the weights
+    est = model.estimate(torch.rand(1, 3, 32, 32))[0]
+    assert 0.02 < est["rt60"] < 30 and np.isfinite(est["drr_db"])
+    # resuming checks the config as JSON gives it back (the geometry offsets are a list there)
+    assert room_params.main(["--tiny", "--physics", "--steps", "8", "--data", str(tiny_rooms), "--out", str(out),
+                             "--run-dir", str(run), "--threads", "1", "--resume"]) == 0

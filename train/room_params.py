@@ -19,8 +19,11 @@ metrics), never looked at during training.
 - mirror image, a random crop of 80-100 % of the side resized back, mild brightness / contrast /
   per-channel gain jitter.
 
-Loss: L1 on log RT60 (speech band + 5 octaves) + L1 on DRR / 10 dB. AdamW, warm-up then cosine
-decay over whichever budget (steps or ``--max-minutes``) ends first. Checkpoints (``--resume``)
+Loss: L1 on log RT60 (speech band + 5 octaves) + L1 on DRR / 10 dB. With ``--physics`` (the
+network reads the room off the picture and applies Eyring's formula, ``room_params_net``), plus
+``--aux-weight`` x (L1 on the log room dimensions and speaker distance + the mean cross-entropy
+of the six surfaces' material classes), all from the dataset's true rooms. AdamW, warm-up then
+cosine decay over whichever budget (steps or ``--max-minutes``) ends first. Checkpoints (``--resume``)
 and ``curve.jsonl`` in the run folder.
 
     OMP_NUM_THREADS=1 python -m soundsight_train.room_params --threads 1 --max-minutes 12 \\
@@ -45,8 +48,9 @@ import torch
 import torch.nn.functional as F
 
 from soundsight_plugins.acoustic_match import acoustics as ac
+from soundsight_plugins.acoustic_match import room_params_net as net
 from soundsight_plugins.acoustic_match.room_params_net import (ARCHITECTURE, BANDS, OUTPUTS, TASK, RoomParamsConfig,
-                                                               RoomParamsNet, decode, encode, loss_fn)
+                                                               RoomParamsNet, aux_loss, decode, encode, loss_fn)
 from soundsight_train import rooms as rooms_mod
 from soundsight_train.avitar import DATA_LICENCES, budget_cosine, find_rooms
 
@@ -71,6 +75,30 @@ def targets_for(ds, room_ids) -> tuple[torch.Tensor, list[dict]]:
             raise SystemExit(f"error: room {r}: measured targets {m} disagree with the dataset's {stored}")
     y = torch.tensor([encode(m["rt60_speech"], m["rt60_bands"], m["drr"]) for m in meas], dtype=torch.float32)
     return y, meas
+
+
+def aux_targets_for(ds, room_ids) -> torch.Tensor:
+    """(N, 10): log width, depth, height, log speaker distance, then each surface's class index
+    (``room_params_net.SURFACES`` order) -- what the physics head reads off the picture."""
+    rows = []
+    for r in room_ids:
+        m = ds.rooms[r]
+        cls = [net.surface_classes(s).index(m["classes"][s]) for s in net.SURFACES]
+        rows.append([math.log(v) for v in m["dims"]] + [math.log(max(float(m["distance"]), 0.1))] + cls)
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def class_absorption_table() -> torch.Tensor:
+    """(N_CLASS_ROWS, len(BANDS)): each visual class's mean absorption per octave over the
+    materials the room sampler draws for it (uniformly, as ``rooms._pick`` does)."""
+    octaves = (125, 250, 500, 1000, 2000, 4000, 8000)
+    cols = [octaves.index(b) for b in BANDS]
+    rows = []
+    for where, names in (("floor", net.FLOOR_CLASSES), ("ceiling", net.CEILING_CLASSES), ("wall", net.WALL_CLASSES)):
+        table = rooms_mod.CLASSES[where]
+        for c in names:
+            rows.append(np.mean([rooms_mod._absorption(m) for m in table[c][1]], axis=0)[cols])
+    return torch.tensor(np.array(rows), dtype=torch.float32)
 
 
 def split_seen(ds, val_rooms: int, seed: int) -> tuple[list[int], list[int]]:
@@ -121,10 +149,10 @@ def extra_views(ds, room_ids: list[int], views: int, run: Path, seed: int, log=p
 
 def extra_training_rooms(folders: list[str], primary: rooms_mod.RoomsData, args, run: Path, log=print):
     """Every room of each ``--extra-data`` dataset as training data: (pictures uint8 (M, H, W, 3),
-    their extra views (M, V, H, W, 3), targets (M, 7)), one entry per dataset. Rooms are sampled from the dataset's
+    their extra views (M, V, H, W, 3), targets (M, 7), auxiliary targets (M, 10)), one entry per dataset. Rooms are sampled from the dataset's
     seed, so a dataset with another seed shares no room with the primary one and its unseen split
     may train too; the same seed would repeat the primary's (unseen) rooms, so it is refused."""
-    pics, views, ys = [], [], []
+    pics, views, ys, auxs = [], [], [], []
     for f in folders:
         ds = rooms_mod.RoomsData(find_rooms(f, False))
         if ds.meta.get("seed") == primary.meta.get("seed"):
@@ -138,8 +166,9 @@ def extra_training_rooms(folders: list[str], primary: rooms_mod.RoomsData, args,
         pics.append(np.stack([ds.image(r) for r in ids]))
         views.append(extra_views(ds, ids, args.views, run, args.seed, log))
         ys.append(y)
+        auxs.append(aux_targets_for(ds, ids))
         log(f"extra training rooms: {len(ids)} from {ds.folder}")
-    return pics, views, ys
+    return pics, views, ys, auxs
 
 
 def to_tensor(images: np.ndarray, size: int) -> torch.Tensor:
@@ -150,8 +179,9 @@ def to_tensor(images: np.ndarray, size: int) -> torch.Tensor:
     return x
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Mirror, random crop (80-100 % of the side, resized back), brightness/contrast/colour gain."""
+def augment(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mirror, random crop (80-100 % of the side, resized back), brightness/contrast/colour gain.
+    Returns the pictures and which were mirrored (a mirror swaps the west and east walls)."""
     B, _, S, _ = x.shape
     out = torch.empty_like(x)
     flip = torch.rand(B, generator=gen) < 0.5
@@ -171,7 +201,15 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     gain = 1 + 0.05 * (2 * torch.rand(B, 3, 1, 1, generator=gen) - 1)
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     out = ((out - mean) * contrast + mean) * bright * gain
-    return out.clamp(0.0, 1.0)
+    return out.clamp(0.0, 1.0), flip
+
+
+def mirror_aux_targets(target: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """The west and east walls' classes swapped where the picture was mirrored."""
+    w, e = 4 + net.SURFACES.index("west"), 4 + net.SURFACES.index("east")
+    out = target.clone()
+    out[flip, w], out[flip, e] = target[flip, e], target[flip, w]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,6 +283,21 @@ def mean_predictor(y_train: torch.Tensor, n: int) -> list[dict]:
     return [decode(y_train.mean(dim=0))] * n
 
 
+@torch.no_grad()
+def room_reading_metrics(model: RoomParamsNet, images: torch.Tensor, target: torch.Tensor) -> dict:
+    """How well the physics head reads the room: relative errors of size and distance, class accuracy."""
+    model.eval()
+    aux = torch.cat([model.forward_parts(images[i: i + 64])[1] for i in range(0, len(images), 64)])
+    geo, logits = net.split_aux(aux)
+    rel = (geo - target[:, :4]).exp().sub(1).abs().mean(0)
+    out = {f"{g[4:]}_mean_rel_error": round(float(v), 4) for g, v in zip(net.GEOMETRY, rel)}
+    vol = (geo[:, :3].sum(1) - target[:, :3].sum(1)).exp().sub(1).abs().mean()
+    out["volume_mean_rel_error"] = round(float(vol), 4)
+    out["class_accuracy"] = {s: round(float((logits[s].argmax(-1) == target[:, 4 + k].long()).float().mean()), 4)
+                             for k, s in enumerate(net.SURFACES)}
+    return out
+
+
 def all_metrics(model, ds, train_ids, y_train, train_truth, eval_sets: dict, size: int) -> dict:
     """Model and baselines on each named set of rooms ({name: (room ids, truths)})."""
     calib = fit_eyring_calibration(ds, train_ids, train_truth)
@@ -253,6 +306,8 @@ def all_metrics(model, ds, train_ids, y_train, train_truth, eval_sets: dict, siz
         imgs = to_tensor(np.stack([ds.image(r) for r in ids]), size)
         res[name] = {
             "model": regression_metrics(predict(model, imgs), truths),
+            **({"model_room_reading": room_reading_metrics(model, imgs, aux_targets_for(ds, ids))}
+               if model.cfg.physics else {}),
             "baseline_training_mean": regression_metrics(mean_predictor(y_train, len(ids)), truths),
             "reference_eyring_true_geometry": regression_metrics(eyring_predictions(ds, ids), truths),
             "reference_eyring_true_geometry_calibrated": regression_metrics(eyring_predictions(ds, ids, calib), truths),
@@ -307,6 +362,10 @@ def parse(argv=None):
     ap.add_argument("--image-size", type=int, default=None, help="network input (default: the preset's, 128)")
     ap.add_argument("--width", type=int, default=None, help="network width (default: the preset's, 16)")
     ap.add_argument("--stem-stride", type=int, default=None, choices=(2, 4), help="2 (default) or 4 (stem max-pool)")
+    ap.add_argument("--physics", action="store_true",
+                    help="read the room (size, distance, material classes) off the picture and apply Eyring's "
+                         "formula; the direct head only corrects it (room_params_net)")
+    ap.add_argument("--aux-weight", type=float, default=1.0, help="weight of the room-reading loss (--physics)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--views", type=int, default=5, help="extra rendered views per training room (0: none)")
@@ -349,7 +408,9 @@ def write_registry(out: Path, model_state, cfg, args, state, metrics, folder, ds
                   "augmentation": "extra rendered views (camera turned, textures and colours redrawn within the "
                                   "material classes: the RIR is unchanged), mirror, 80-100 % crops, brightness / "
                                   "contrast / colour-gain jitter",
-                  "loss": "L1 on log RT60 (speech band + 250 Hz .. 4 kHz octaves) + L1 on DRR / 10 dB",
+                  "loss": "L1 on log RT60 (speech band + 250 Hz .. 4 kHz octaves) + L1 on DRR / 10 dB"
+                          + (f" + {args.aux_weight} x (L1 on log room dimensions and speaker distance + mean "
+                             "cross-entropy of the six surfaces' material classes)" if cfg.physics else ""),
                   "targets": "acoustics.rt60_schroeder (T30, speech band and octaves) and acoustics.drr_db of the "
                              "true RIR", "outputs": list(OUTPUTS)},
         metrics=metrics,
@@ -379,6 +440,7 @@ def main(argv=None) -> int:
     if args.tiny:  # a smoke run on whatever dataset is there: a handful of rooms
         train_ids, val_ids, unseen_ids = train_ids[:8], val_ids[:4], unseen_ids[:4]
     y_tr, truth_tr = targets_for(ds, train_ids)
+    a_tr = aux_targets_for(ds, train_ids)
     y_val, truth_val = targets_for(ds, val_ids)
     truth_unseen = targets_for(ds, unseen_ids)[1] if unseen_ids else []
     eval_sets = {"val_seen_rooms": (val_ids, truth_val)}
@@ -400,9 +462,13 @@ def main(argv=None) -> int:
     m_log = y_tr[:, :6].mean().item()
     sizes = {k: v for k, v in (("image_size", args.image_size), ("width", args.width),
                                 ("stem_stride", args.stem_stride)) if v}
+    if args.physics:
+        sizes.update(physics=True, init_geometry=tuple(round(float(v), 4) for v in a_tr[:, :4].mean(0)))
     cfg = RoomParamsConfig.preset(args.preset, init_log_rt60=round(m_log, 4), init_drr=round(y_tr[:, 6].mean().item(), 4),
                                   **sizes)
     model = RoomParamsNet(cfg)
+    if cfg.physics:
+        model.class_absorption.copy_(class_absorption_table())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     S = cfg.image_size
     run.mkdir(parents=True, exist_ok=True)
@@ -420,10 +486,10 @@ def main(argv=None) -> int:
     # pictures stay uint8 until a batch is drawn: thousands of rooms x views as floats would take GBs
     pics = [np.stack([ds.image(r) for r in train_ids])]
     views = [extra_views(ds, train_ids, args.views, run, args.seed, log)]
-    more_pics, more_views, more_y = extra_training_rooms(args.extra_data, ds, args, run, log)
+    more_pics, more_views, more_y, more_a = extra_training_rooms(args.extra_data, ds, args, run, log)
     state["views_seconds"] = state.get("views_seconds") or round(time.time() - t0, 1)
     pics, views = np.concatenate(pics + more_pics), np.concatenate(views + more_views)
-    y_tr = torch.cat([y_tr, *more_y])
+    y_tr, a_tr = torch.cat([y_tr, *more_y]), torch.cat([a_tr, *more_a])
     state["n_train"] = len(pics)
     x_val = to_tensor(np.stack([ds.image(r) for r in val_ids]), S)
     log(f"data: {folder}: {len(train_ids)} training rooms (+{len(pics) - len(train_ids)} from --extra-data; "
@@ -450,7 +516,11 @@ def main(argv=None) -> int:
         idx = rng.integers(0, len(pics), size=args.batch)
         which = rng.integers(0, args.views + 1, size=args.batch)  # 0: the dataset's picture, k: extra view k
         x = to_tensor(np.stack([pics[i] if w == 0 else views[i, w - 1] for i, w in zip(idx, which)]), S)
-        loss = loss_fn(model(augment(x, gen)), y_tr[idx])
+        x, flip = augment(x, gen)
+        pred, aux = model.forward_parts(x)
+        loss = loss_fn(pred, y_tr[idx])
+        if aux is not None:
+            loss = loss + args.aux_weight * aux_loss(aux, mirror_aux_targets(a_tr[idx], flip))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -497,7 +567,9 @@ def main(argv=None) -> int:
     for name in eval_sets:
         m = metrics[name]
         log(f"{name}: " + "; ".join(f"{k}: RT60 {v['rt60_speech_mae_s']:.3f} s, octaves {v['rt60_octave_mae_s']:.3f} s, "
-                                    f"DRR {v['drr_mae_db']:.2f} dB" for k, v in m.items()))
+                                    f"DRR {v['drr_mae_db']:.2f} dB" for k, v in m.items() if k != "model_room_reading"))
+        if "model_room_reading" in m:
+            log(f"{name}: room reading {json.dumps(m['model_room_reading'])}")
     write_registry(out, best_state, cfg, args, state, metrics, folder, ds, command)
     log(f"wrote registry model {out}")
     return 0
