@@ -316,6 +316,8 @@ def test_physics_model_trains_on_its_room_reading_and_mirrors_the_side_walls(tin
     assert card["config"]["physics"] is True and "cross-entropy" in card["training"]["loss"]
     reading = card["metrics"]["val_seen_rooms"]["model_room_reading"]
     assert set(reading["class_accuracy"]) == set(net.SURFACES) and reading["height_mean_rel_error"] >= 0
+    ref = card["metrics"]["val_seen_rooms"]["reference_eyring_true_geometry_class_means_calibrated"]
+    assert ref["n"] >= 1 and np.isfinite(ref["rt60_speech_mae_s"])
     model = loaders.ARCHITECTURES["room-params"][1](resolve(out), "cpu")
     assert torch.allclose(model.class_absorption, room_params.class_absorption_table())  # saved with the weights
     est = model.estimate(torch.rand(1, 3, 32, 32))[0]

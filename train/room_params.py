@@ -216,30 +216,43 @@ def mirror_aux_targets(target: torch.Tensor, flip: torch.Tensor) -> torch.Tensor
 # metrics
 
 
-def eyring_predictions(ds, room_ids, calib: dict | None = None) -> list[dict]:
+def eyring_predictions(ds, room_ids, calib: dict | None = None, class_means: bool = False) -> list[dict]:
     """Physics reference from the dataset's *true* geometry and materials (not from the picture):
     Eyring RT60 per octave (stored in the metadata), the speech band as the geometric mean of the
     250 Hz .. 4 kHz octaves, DRR from the critical distance (r_c = 0.057 sqrt(V / T), DRR =
-    20 log10(r_c / r)). ``calib`` (fitted on the training rooms): the median log-ratio per RT60
-    and the median offset of DRR."""
-    out = []
-    for r in room_ids:
-        m = ds.rooms[r]
-        ey = dict(zip((125, 250, 500, 1000, 2000, 4000, 8000), m["eyring_rt60"]))
-        bands = {b: float(ey[b]) for b in BANDS}
-        speech = float(np.exp(np.mean(np.log(list(bands.values())))))
-        V = float(np.prod(m["dims"]))
-        drr = 20 * math.log10(0.057 * math.sqrt(V / speech) / max(float(m["distance"]), 0.1))
-        if calib:
-            bands = {b: v * math.exp(calib[f"log_rt60_{b}"]) for b, v in bands.items()}
-            speech *= math.exp(calib["log_rt60"])
-            drr += calib["drr"]
-        out.append({"rt60": speech, "rt60_bands": bands, "drr_db": drr})
-    return out
+    20 log10(r_c / r)). ``class_means``: each surface absorbs its visual class's mean absorption
+    instead of its material's (what a picture can show at best: the renderer draws a texture per
+    class), computed by the physics head's own ``eyring_outputs``. ``calib`` (fitted on the
+    training rooms with the same ``class_means``): the median log-ratio per RT60 and the median
+    offset of DRR."""
+    if class_means:
+        a = aux_targets_for(ds, room_ids)
+        aux = torch.full((len(room_ids), net.N_AUX), -30.0)
+        aux[:, :4] = a[:, :4]
+        k = len(net.GEOMETRY)
+        for j, s in enumerate(net.SURFACES):
+            aux[torch.arange(len(room_ids)), k + a[:, 4 + j].long()] = 30.0
+            k += len(net.surface_classes(s))
+        raw = [decode(row) for row in net.eyring_outputs(aux, class_absorption_table())]
+    else:
+        raw = []
+        for r in room_ids:
+            m = ds.rooms[r]
+            ey = dict(zip((125, 250, 500, 1000, 2000, 4000, 8000), m["eyring_rt60"]))
+            bands = {b: float(ey[b]) for b in BANDS}
+            speech = float(np.exp(np.mean(np.log(list(bands.values())))))
+            V = float(np.prod(m["dims"]))
+            drr = 20 * math.log10(0.057 * math.sqrt(V / speech) / max(float(m["distance"]), 0.1))
+            raw.append({"rt60": speech, "rt60_bands": bands, "drr_db": drr})
+    if not calib:
+        return raw
+    return [{"rt60": p["rt60"] * math.exp(calib["log_rt60"]),
+             "rt60_bands": {b: v * math.exp(calib[f"log_rt60_{b}"]) for b, v in p["rt60_bands"].items()},
+             "drr_db": p["drr_db"] + calib["drr"]} for p in raw]
 
 
-def fit_eyring_calibration(ds, room_ids, truths: list[dict]) -> dict:
-    raw = eyring_predictions(ds, room_ids)
+def fit_eyring_calibration(ds, room_ids, truths: list[dict], class_means: bool = False) -> dict:
+    raw = eyring_predictions(ds, room_ids, class_means=class_means)
     cal = {"log_rt60": float(np.median([math.log(t["rt60_speech"] / p["rt60"]) for p, t in zip(raw, truths)])),
            "drr": float(np.median([t["drr"] - p["drr_db"] for p, t in zip(raw, truths)]))}
     for b in BANDS:
@@ -301,6 +314,7 @@ def room_reading_metrics(model: RoomParamsNet, images: torch.Tensor, target: tor
 def all_metrics(model, ds, train_ids, y_train, train_truth, eval_sets: dict, size: int) -> dict:
     """Model and baselines on each named set of rooms ({name: (room ids, truths)})."""
     calib = fit_eyring_calibration(ds, train_ids, train_truth)
+    calib_cls = fit_eyring_calibration(ds, train_ids, train_truth, class_means=True)
     res = {}
     for name, (ids, truths) in eval_sets.items():
         imgs = to_tensor(np.stack([ds.image(r) for r in ids]), size)
@@ -311,12 +325,15 @@ def all_metrics(model, ds, train_ids, y_train, train_truth, eval_sets: dict, siz
             "baseline_training_mean": regression_metrics(mean_predictor(y_train, len(ids)), truths),
             "reference_eyring_true_geometry": regression_metrics(eyring_predictions(ds, ids), truths),
             "reference_eyring_true_geometry_calibrated": regression_metrics(eyring_predictions(ds, ids, calib), truths),
+            "reference_eyring_true_geometry_class_means_calibrated": regression_metrics(
+                eyring_predictions(ds, ids, calib_cls, class_means=True), truths),
         }
     res["eyring_calibration_on_training_rooms"] = calib
     res["notes"] = ("baseline_training_mean: the training rooms' mean (log RT60s, DRR); reference_eyring_*: Eyring "
                     "RT60 and critical-distance DRR from the dataset's true dimensions, materials and speaker distance "
                     "(an oracle-ish physics reference, not available from a picture); _calibrated: its median bias "
-                    "on the training rooms removed")
+                    "on the training rooms removed; _class_means_: each surface's visual class's mean absorption instead of "
+                    "its material's (a picture shows the class, not the material: the best a picture can tell Eyring)")
     return res
 
 
