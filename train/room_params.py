@@ -26,8 +26,8 @@ of the six surfaces' material classes), all from the dataset's true rooms. AdamW
 cosine decay over whichever budget (steps or ``--max-minutes``) ends first. Checkpoints (``--resume``)
 and ``curve.jsonl`` in the run folder.
 
-    OMP_NUM_THREADS=1 python -m soundsight_train.room_params --threads 1 --max-minutes 12 \\
-        --out models/rooms-params-128 --run-dir runs/room-params-128
+    OMP_NUM_THREADS=1 python -m soundsight_train.room_params --physics --threads 1 --max-minutes 12 \\
+        --out models/rooms-params-128 --run-dir runs/room-params-128   # the README has the shipped command
     python -m soundsight_train.room_params --evaluate --out models/rooms-params-128   # card metrics again
     python -m soundsight_train.room_params --tiny --out /tmp/params-tiny              # smoke test
 """
