@@ -21,9 +21,9 @@ expected absorption of each surface under its class probabilities (the model car
 of each class's mean absorption per octave, a buffer saved with the weights), plus the
 critical-distance DRR; the direct head only adds a correction, starting at zero. Why: a
 picture shows a room's size and its surfaces' material classes, and RT60 is a fixed nonlinear
-function of those that 1500 training pictures do not teach a plain regressor (measured in the
-README: the plain regressor's unseen-room error is 0.29 s, Eyring on the true size and class
-means 0.21 s).
+function of those, which 1500 training pictures teach a plain regressor only roughly. Measured
+(README, same budget): lower validation loss, octave RT60 and DRR errors than the plain
+regressor; the speech-band error is level.
 
 Only torch is imported.
 """
