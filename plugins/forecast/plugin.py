@@ -168,6 +168,9 @@ def register_models(register):
     register(ModelSpec(name="m3so-nb-48-noaudio", task="frame-forecast", plugin="forecast",
                        description="the no-audio ablation of m3so-nb-48 (the evaluation's baseline): frames only, silent clips work",
                        architecture="sound2sight"))
+    register(ModelSpec(name="m3so-48-noaudio", task="frame-forecast", plugin="forecast",
+                       description="the no-audio ablation of m3so-48 (the M3SO evaluation's baseline); --seen 30 --predict 40",
+                       architecture="sound2sight"))
 
 
 @hookimpl
