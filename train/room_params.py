@@ -206,7 +206,8 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.
 
 def mirror_aux_targets(target: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     """The west and east walls' classes swapped where the picture was mirrored."""
-    w, e = 4 + net.SURFACES.index("west"), 4 + net.SURFACES.index("east")
+    g = len(net.GEOMETRY)
+    w, e = g + net.SURFACES.index("west"), g + net.SURFACES.index("east")
     out = target.clone()
     out[flip, w], out[flip, e] = target[flip, e], target[flip, w]
     return out
@@ -228,10 +229,10 @@ def eyring_predictions(ds, room_ids, calib: dict | None = None, class_means: boo
     if class_means:
         a = aux_targets_for(ds, room_ids)
         aux = torch.full((len(room_ids), net.N_AUX), -30.0)
-        aux[:, :4] = a[:, :4]
-        k = len(net.GEOMETRY)
-        for j, s in enumerate(net.SURFACES):
-            aux[torch.arange(len(room_ids)), k + a[:, 4 + j].long()] = 30.0
+        g = k = len(net.GEOMETRY)
+        aux[:, :g] = a[:, :g]
+        for j, s in enumerate(net.SURFACES):  # the true class of each surface, one-hot
+            aux[torch.arange(len(room_ids)), k + a[:, g + j].long()] = 30.0
             k += len(net.surface_classes(s))
         raw = [decode(row) for row in net.eyring_outputs(aux, class_absorption_table())]
     else:
@@ -302,11 +303,12 @@ def room_reading_metrics(model: RoomParamsNet, images: torch.Tensor, target: tor
     model.eval()
     aux = torch.cat([model.forward_parts(images[i: i + 64])[1] for i in range(0, len(images), 64)])
     geo, logits = net.split_aux(aux)
-    rel = (geo - target[:, :4]).exp().sub(1).abs().mean(0)
+    g = len(net.GEOMETRY)
+    rel = (geo - target[:, :g]).exp().sub(1).abs().mean(0)  # |predicted / true - 1|
     out = {f"{g[4:]}_mean_rel_error": round(float(v), 4) for g, v in zip(net.GEOMETRY, rel)}
     vol = (geo[:, :3].sum(1) - target[:, :3].sum(1)).exp().sub(1).abs().mean()
     out["volume_mean_rel_error"] = round(float(vol), 4)
-    out["class_accuracy"] = {s: round(float((logits[s].argmax(-1) == target[:, 4 + k].long()).float().mean()), 4)
+    out["class_accuracy"] = {s: round(float((logits[s].argmax(-1) == target[:, g + k].long()).float().mean()), 4)
                              for k, s in enumerate(net.SURFACES)}
     return out
 
