@@ -88,10 +88,7 @@ class RoomParamsConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "RoomParamsConfig":
         names = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in names}
-        if "init_geometry" in d:
-            d["init_geometry"] = tuple(d["init_geometry"])
-        return cls(**d)
+        return cls(**{k: v for k, v in d.items() if k in names})
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -142,12 +139,12 @@ class RoomParamsNet(nn.Module):
         self.body = nn.Sequential(*blocks)
         self.head = nn.Sequential(nn.Linear(2 * c, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
                                   nn.Linear(cfg.hidden, len(OUTPUTS)))
-        nn.init.zeros_(self.head[-1].weight)  # start at the offsets: the training set's means
-        with torch.no_grad():
-            self.head[-1].bias[: len(RT60_NAMES)] = cfg.init_log_rt60
-            self.head[-1].bias[len(RT60_NAMES):] = cfg.init_drr
-        if cfg.physics:
-            # the direct head becomes a correction of the physics estimate: zero at the start
+        nn.init.zeros_(self.head[-1].weight)
+        if not cfg.physics:  # start at the offsets: the training set's means
+            with torch.no_grad():
+                self.head[-1].bias[: len(RT60_NAMES)] = cfg.init_log_rt60
+                self.head[-1].bias[len(RT60_NAMES):] = cfg.init_drr
+        else:  # the direct head is a correction of the physics estimate: zero at the start
             nn.init.zeros_(self.head[-1].bias)
             self.aux = nn.Sequential(nn.Linear(2 * c, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, N_AUX))
             with torch.no_grad():
