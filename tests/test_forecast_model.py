@@ -513,6 +513,62 @@ def test_eval_mute_feeds_silence_and_stays_out_of_cards(tiny_dataset, tmp_path, 
     assert seen[0] > 0.01 and seen[1] == 0.0
     assert eval_forecast.main(common + ["--mute", "--write-card"]) == 2
 
+def test_eval_pieces_and_seeds_pool_and_compare_paired(tiny_dataset, tmp_path):
+    from dataclasses import asdict
+
+    from soundsight.registry import save_model
+    from soundsight_train import eval_forecast, forecast_stats
+
+    for name, use_audio in (("tiny-a", True), ("tiny-na", False)):
+        cfg = tiny(use_audio=use_audio)
+        save_model(tmp_path / name, name=name, task="frame-forecast", architecture="sound2sight", config=asdict(cfg),
+                   tensors={"model.safetensors": Sound2Sight(cfg).state_dict()})
+    common = ["--data", str(tiny_dataset), "--model", str(tmp_path / "tiny-a"), "--no-audio-model",
+              str(tmp_path / "tiny-na"), "--samples", "2", "--n-past", "5", "--n-future", "7", "--threads", "1"]
+
+    def run(name, *extra):
+        assert eval_forecast.main(common + ["--per-clip", str(tmp_path / name), *extra]) == 0
+        return tmp_path / name
+
+    whole, head, tail = run("w.npz"), run("h.npz", "--limit", "2"), run("t.npz", "--start", "2")
+    other_seed = run("w1.npz", "--seed", "1")
+    info, ids, rows = forecast_stats.pool([tail, head])
+    _, _, ref = forecast_stats.pool([whole])
+    assert info["clips"] == 3 and ids.tolist() == [0, 1, 2]
+    copy = "copy last seen frame"  # deterministic, so the pieces give exactly the whole run's values
+    np.testing.assert_allclose(rows[copy]["ssim"], ref[copy]["ssim"])
+    assert rows["Sound2Sight (ours)"]["ssim_frame"].shape == (3, 7)
+    # two seeds: each clip averaged
+    _, _, two = forecast_stats.pool([whole, other_seed])
+    _, _, one = forecast_stats.pool([other_seed])
+    np.testing.assert_allclose(two["no-audio ablation"]["psnr"], (ref["no-audio ablation"]["psnr"] + one["no-audio ablation"]["psnr"]) / 2, rtol=1e-6)
+    # the paired difference's mean is the difference of the means, inside its own interval
+    res = forecast_stats.compare(info, rows, n_boot=500)
+    key = "SSIM, one sample per clip @6"
+    d = res["differences"]["no-audio ablation"][key]
+    assert d["mean"] == pytest.approx(res["means"]["Sound2Sight (ours)"][key] - res["means"]["no-audio ablation"][key], abs=2e-4)
+    assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
+    assert "Sound2Sight (ours) − copy last seen frame" in forecast_stats.markdown(res)
+    # pieces that overlap, or seeds over other clips, do not pool
+    with pytest.raises(ValueError, match="overlap"):
+        forecast_stats.pool([whole, head])
+    with pytest.raises(ValueError, match="different clips"):
+        forecast_stats.pool([head, other_seed])
+    assert forecast_stats.main([str(head), str(tail), "--boot", "50"]) == 0
+    assert forecast_stats.main([str(head), str(tmp_path / "missing.npz")]) == 2
+    assert eval_forecast.main(common + ["--start", "3"]) == 2
+    assert eval_forecast.main(common + ["--start", "1", "--write-card"]) == 2
+
+
+def test_bootstrap_interval_of_a_constant_is_the_constant():
+    from soundsight_train.forecast_stats import bootstrap_mean_ci
+
+    idx = np.random.default_rng(0).integers(0, 5, (100, 5))
+    assert bootstrap_mean_ci(np.full(5, 0.25), idx) == pytest.approx((0.25, 0.25))
+    lo, hi = bootstrap_mean_ci(np.arange(5.0), idx)
+    assert 0 < lo < 2 < hi < 4
+
+
 def test_block_iou():
     from soundsight_train.eval_forecast import block_iou
 

@@ -182,7 +182,10 @@ def main(argv=None) -> int:
     ap.add_argument("--n-future", type=int, default=None, help="predicted frames (default 25 NB, 40 M3SO)")
     ap.add_argument("--report-frames", default=None,
                     help="comma-separated 1-based frame numbers for the table (default 6,15,25 NB; 31,42,70 M3SO)")
-    ap.add_argument("--limit", type=int, default=0, help="evaluate the first N clips only")
+    ap.add_argument("--start", type=int, default=0,
+                    help="first clip (0-based) to evaluate: a long test can run in pieces and be pooled by "
+                         "soundsight_train.forecast_stats")
+    ap.add_argument("--limit", type=int, default=0, help="evaluate N clips only (from --start)")
     ap.add_argument("--chunk", type=int, default=4, help="clips per batched pass (x K samples)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--mute", action="store_true",
@@ -192,9 +195,15 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None, help="auto|cpu|cuda[:i]|mps (default: $SOUNDSIGHT_DEVICE or auto)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None, help="write results here")
+    ap.add_argument("--per-clip", default=None,
+                    help="also write every clip's curves and block IoU to this .npz (for pooling pieces, "
+                         "seeds and paired comparisons: python -m soundsight_train.forecast_stats)")
     ap.add_argument("--write-card", action="store_true",
                     help="also record the results in the evaluated model's card.json (metrics.test_<split>)")
     args = ap.parse_args(argv)
+    if args.start and args.write_card:
+        print("error: a card records a whole split; drop --write-card or --start", file=sys.stderr)
+        return 2
     if args.mute and args.write_card:
         print("error: --mute results do not belong in a model card; drop --write-card", file=sys.stderr)
         return 2
@@ -214,16 +223,20 @@ def main(argv=None) -> int:
     report = (tuple(int(f) for f in args.report_frames.split(",")) if args.report_frames
               else (31, 42, 70) if block else REPORT_FRAMES)
     data = load_split(args.data, args.split)
-    frames, audio = data["frames"], data["audio"]
-    if args.limit:
-        frames, audio = frames[: args.limit], audio[: args.limit]
+    stop = args.start + args.limit if args.limit else len(data["frames"])
+    if not 0 <= args.start < min(stop, len(data["frames"])):
+        print(f"error: --start {args.start} is outside the {len(data['frames'])} {args.split} clips", file=sys.stderr)
+        return 2
+    clip_ids = np.arange(args.start, min(stop, len(data["frames"])))
+    frames, audio = data["frames"][clip_ids], data["audio"][clip_ids]
+    boxes = data["block"][clip_ids] if block else None
     if args.mute:
         audio = np.zeros_like(audio)
     need = args.n_past + args.n_future
     if frames.shape[1] < need:
         print(f"error: sequences have {frames.shape[1]} frames, need {need}", file=sys.stderr)
         return 2
-    rows, frame_rows, timing = {}, {}, {}
+    rows, frame_rows, timing, per_clip = {}, {}, {}, {}
     models = [("Sound2Sight (ours)", args.model)]
     if args.no_audio_model:
         models.append(("no-audio ablation", args.no_audio_model))
@@ -241,37 +254,48 @@ def main(argv=None) -> int:
         timing[label] = round(time.time() - t0, 1)
         rows[label] = summarize(curves, args.n_past, report) | {"model": folder.name, "sha256": folder.sha256()}
         frame_rows[label] = summarize(per_frame_curves(curves), args.n_past, report)
+        per_clip[label] = {k: curves[k] for k in ("ssim", "psnr", "ssim_frame", "psnr_frame")}
         if block:
-            rows[label]["block_iou"] = round(float(np.mean(
-                [block_iou(f, b) for f, b in zip(curves["last_frame"], data["block"])])), 4)
-    rows["copy last seen frame"] = summarize(copy_last(frames, args.n_past, args.n_future), args.n_past, report)
+            per_clip[label]["block_iou"] = np.array([block_iou(f, b) for f, b in zip(curves["last_frame"], boxes)])
+            rows[label]["block_iou"] = round(float(per_clip[label]["block_iou"].mean()), 4)
+    copied = copy_last(frames, args.n_past, args.n_future)
+    rows["copy last seen frame"] = summarize(copied, args.n_past, report)
+    per_clip["copy last seen frame"] = dict(copied)
     if block:
         last_seen = frames[:, args.n_past - 1].astype(np.float32) / 255.0
-        rows["copy last seen frame"]["block_iou"] = round(float(np.mean(
-            [block_iou(f, b) for f, b in zip(last_seen, data["block"])])), 4)
+        per_clip["copy last seen frame"]["block_iou"] = np.array([block_iou(f, b) for f, b in zip(last_seen, boxes)])
+        rows["copy last seen frame"]["block_iou"] = round(float(per_clip["copy last seen frame"]["block_iou"].mean()), 4)
     # copying is deterministic: both protocols give it the same row
     frame_rows["copy last seen frame"] = {k: v for k, v in rows["copy last seen frame"].items() if k != "block_iou"}
     table = markdown_table(rows, report)
     frame_table = markdown_table(frame_rows, report)
     if block:
-        boxes = data["block"][: len(frames)]
         chance = {str(k): round(chance_block_iou(boxes, frames.shape[-1], k, args.seed), 4)
                   for k in sorted({1, args.samples})}
         table += ("\n\nchance block IoU (random blocks of the true size, the best of K by IoU): "
                   + ", ".join(f"K={k}: {v:.3f}" for k, v in chance.items()))
     name = "M3SO" if block else "M3SO-NB"
-    head = f"{name} {args.split} ({len(frames)} clips), best of K={args.samples}, frames 1-{args.n_past} seen"
+    span = f"clips {clip_ids[0]}-{clip_ids[-1]}" if args.start else f"{len(frames)} clips"
+    head = f"{name} {args.split} ({span}), best of K={args.samples}, frames 1-{args.n_past} seen"
     print(f"\n{head}, the best sample at each frame (the paper's code)\n")
     print(frame_table)
     print(f"\n{head}, one sample per clip (the best mean over the predicted frames)\n")
     print(table)
     if args.json:
-        result = {"variant": variant, "report_frames": list(report), "split": args.split, "clips": len(frames), "samples": args.samples, "temperature": args.temperature, "muted": args.mute, "n_past": args.n_past,
+        result = {"variant": variant, "report_frames": list(report), "split": args.split, "clips": len(frames),
+                  "start": int(clip_ids[0]), "samples": args.samples, "temperature": args.temperature, "muted": args.mute, "n_past": args.n_past,
                   "n_future": args.n_future, "rows": rows, "rows_per_frame": frame_rows, "seconds": timing,
                   "table": table, "table_per_frame": frame_table,
                   **({"chance_block_iou": chance} if block else {})}
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"\nwrote {args.json}")
+    if args.per_clip:
+        from soundsight_train.forecast_stats import save_per_clip
+
+        save_per_clip(args.per_clip, per_clip, clip_ids=clip_ids, seed=args.seed, samples=args.samples,
+                      n_past=args.n_past, report=report, split=args.split, variant=variant, muted=args.mute,
+                      models={label: rows[label]["sha256"] for label, _ in models})
+        print(f"wrote {args.per_clip}")
     if args.write_card:
         for label, ref in models:
             path = update_card(ref, rows, label, args, len(frames), command, frame_rows)

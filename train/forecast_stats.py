@@ -1,0 +1,189 @@
+"""Pool per-clip forecast evaluations and compare their rows clip by clip, with bootstrap intervals.
+
+``eval_forecast --per-clip F.npz`` keeps every clip's curves, so a long test can run in pieces,
+seeds can be averaged, and two models evaluated on the same clips can be compared by their
+paired difference instead of two means side by side:
+
+    E="python -m soundsight_train.eval_forecast --data DIR --model m3so-48 --no-audio-model m3so-48-noaudio"
+    $E --limit 300 --per-clip runs/k100-a.npz
+    $E --start 300 --per-clip runs/k100-b.npz                 # the rest of the split, later
+    python -m soundsight_train.forecast_stats runs/k100-a.npz runs/k100-b.npz
+
+Files with the same seed are joined by clip (their clip ranges must not overlap). Files with
+different seeds must cover the same clips; each clip's values are then averaged over the seeds
+(the "one sample, mean of seeds" rows). A piece draws other random samples than a whole run
+would (the generator is seeded per run), which changes nothing in expectation.
+
+The interval is a 95 % percentile bootstrap over clips (the same resampled clips for every
+row): one that excludes 0 says the gap is larger than this clip sample's noise. It says
+nothing about the spread between training runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+CURVES = ("ssim", "psnr", "ssim_frame", "psnr_frame")  # (clips, predicted frames) each
+# what the report shows at each report frame: (per-clip array key, name)
+COLUMNS = (("ssim", "SSIM, one sample per clip"), ("ssim_frame", "SSIM, best sample at each frame"),
+           ("psnr", "PSNR, one sample per clip"))
+
+
+def save_per_clip(path, rows: dict[str, dict[str, np.ndarray]], *, clip_ids, seed: int, samples: int, n_past: int,
+                  report, split: str, variant: str, muted: bool, models: dict[str, str]) -> None:
+    """Write ``rows`` ({label: {metric: per-clip array}}) with what identifies the run; atomic."""
+    labels = list(rows)
+    meta = {"labels": labels, "seed": int(seed), "samples": int(samples), "n_past": int(n_past),
+            "report_frames": [int(f) for f in report], "split": split, "variant": variant, "muted": bool(muted),
+            "models": models}
+    arrays = {f"r{i}_{m}": np.asarray(a, dtype=np.float32) for i, label in enumerate(labels)
+              for m, a in rows[label].items()}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, meta=np.array(json.dumps(meta)), clips=np.asarray(clip_ids, dtype=np.int64), **arrays)
+    os.replace(tmp, path)
+
+
+def load_per_clip(path) -> tuple[dict, np.ndarray, dict[str, dict[str, np.ndarray]]]:
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        rows = {label: {k.split("_", 1)[1]: z[k] for k in z.files if k.startswith(f"r{i}_")}
+                for i, label in enumerate(meta["labels"])}
+        return meta, z["clips"], rows
+
+
+SAME = ("samples", "n_past", "report_frames", "split", "variant", "muted")
+
+
+def pool(paths) -> tuple[dict, np.ndarray, dict[str, dict[str, np.ndarray]]]:
+    """Join pieces per seed, then average seeds clip by clip. Raises ValueError on files that do
+    not belong together (other protocol, other weights under the same label, overlapping or
+    mismatched clips)."""
+    loaded = [(p, *load_per_clip(p)) for p in paths]
+    if not loaded:
+        raise ValueError("no files")
+    first = loaded[0][1]
+    weights: dict[str, str] = {}
+    for p, meta, _, _ in loaded:
+        for key in SAME:
+            if meta[key] != first[key]:
+                raise ValueError(f"{p}: {key} = {meta[key]}, but {loaded[0][0]} has {first[key]}")
+        for label, sha in meta["models"].items():
+            if weights.setdefault(label, sha) != sha:
+                raise ValueError(f"{p}: '{label}' is other weights than in the files before it")
+    labels = [lab for lab in first["labels"] if all(lab in m["labels"] for _, m, _, _ in loaded)]
+    by_seed: dict[int, list] = {}
+    for p, meta, clips, rows in loaded:
+        by_seed.setdefault(meta["seed"], []).append((clips, rows))
+    joined = {}
+    for seed, parts in by_seed.items():
+        ids = np.concatenate([c for c, _ in parts])
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError(f"seed {seed}: the files' clip ranges overlap")
+        order = np.argsort(ids)
+        joined[seed] = (ids[order], {lab: {m: np.concatenate([r[lab][m] for _, r in parts])[order]
+                                           for m in parts[0][1][lab]} for lab in labels})
+    seeds = sorted(joined)
+    ids = joined[seeds[0]][0]
+    for s in seeds[1:]:
+        if not np.array_equal(joined[s][0], ids):
+            raise ValueError(f"seeds {seeds[0]} and {s} cover different clips; seeds are averaged clip by clip")
+    rows = {lab: {m: np.mean([joined[s][1][lab][m] for s in seeds], axis=0) for m in joined[seeds[0]][1][lab]}
+            for lab in labels}
+    info = {k: first[k] for k in SAME} | {"seeds": seeds, "clips": int(len(ids)), "models": weights}
+    return info, ids, rows
+
+
+def values(rows: dict, label: str, metric: str, frame: int | None, n_past: int) -> np.ndarray:
+    a = rows[label][metric]
+    return a if frame is None else a[:, frame - n_past - 1]
+
+
+def bootstrap_mean_ci(x: np.ndarray, idx: np.ndarray) -> tuple[float, float]:
+    means = x[idx].mean(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def compare(info: dict, rows: dict, *, reference: str | None = None, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Means of every row and, for each other row, the paired difference reference − row."""
+    labels = list(rows)
+    reference = reference or labels[0]
+    n = info["clips"]
+    idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
+    predicted = next(iter(rows.values()))["ssim"].shape[1]
+    frames = [f for f in info["report_frames"] if 0 <= f - info["n_past"] - 1 < predicted]
+    cols = [(m, name, f) for m, name in COLUMNS for f in frames]
+    if any("block_iou" in r for r in rows.values()):
+        cols.append(("block_iou", "block IoU", None))
+    out = {"reference": reference, "columns": [], "means": {}, "differences": {}}
+    for metric, name, frame in cols:
+        key = f"{name} @{frame}" if frame else name
+        out["columns"].append(key)
+        for lab in labels:
+            if metric in rows[lab]:
+                out["means"].setdefault(lab, {})[key] = round(float(values(rows, lab, metric, frame, info["n_past"]).mean()), 4)
+        if metric not in rows[reference]:
+            continue
+        ref = values(rows, reference, metric, frame, info["n_past"])
+        for lab in labels:
+            if lab == reference or metric not in rows[lab]:
+                continue
+            d = ref - values(rows, lab, metric, frame, info["n_past"])
+            lo, hi = bootstrap_mean_ci(d, idx)
+            out["differences"].setdefault(lab, {})[key] = {"mean": round(float(d.mean()), 4), "ci95": [round(lo, 4), round(hi, 4)]}
+    return out
+
+
+def markdown(result: dict) -> str:
+    """One line per measure: each row's mean, then reference − row with its interval."""
+    ref, means, diffs = result["reference"], result["means"], result["differences"]
+    head = ["measure", *means, *(f"{ref} − {lab}" for lab in diffs)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in result["columns"]:
+        cells = [f"{m[c]:.4f}" if c in m else "" for m in means.values()]
+        cells += [f"{d[c]['mean']:+.4f} [{d[c]['ci95'][0]:+.4f}, {d[c]['ci95'][1]:+.4f}]" if c in d else ""
+                  for d in diffs.values()]
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m soundsight_train.forecast_stats", description=__doc__.split("\n")[0])
+    ap.add_argument("files", nargs="+", help=".npz files from eval_forecast --per-clip")
+    ap.add_argument("--reference", default=None, help="the row the others are compared with (default: the first)")
+    ap.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
+    ap.add_argument("--json", default=None, help="also write the result here")
+    args = ap.parse_args(argv)
+    for f in args.files:
+        if not Path(f).is_file():
+            print(f"error: {f}: no such file", file=sys.stderr)
+            return 2
+    try:
+        info, _, rows = pool(args.files)
+    except (ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.reference and args.reference not in rows:
+        print(f"error: no row '{args.reference}' (rows: {', '.join(rows)})", file=sys.stderr)
+        return 2
+    result = compare(info, rows, reference=args.reference, n_boot=args.boot) | {"pooled": info}
+    seeds = info["seeds"]
+    print(f"{info['variant']} {info['split']}: {info['clips']} clips, best of K={info['samples']}, "
+          f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+          + (" (each clip averaged over the seeds)" if len(seeds) > 1 else "") + "; differences: mean [95 % bootstrap]\n")
+    print(markdown(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
