@@ -305,6 +305,8 @@ def test_best_of_k_evaluation_and_table():
                 # the paper's code: the best sample at each frame, never below the per-clip pick
                 np.testing.assert_allclose(curves[f"{metric}_frame"][start + b], per_sample[b].max(axis=0), atol=1e-5)
                 assert (curves[f"{metric}_frame"][start + b] >= got - 1e-6).all()
+                # the average sample: the mean over the K samples' curves
+                np.testing.assert_allclose(curves[f"{metric}_mean"][start + b], per_sample[b].mean(axis=0), rtol=1e-5)
 
     # a random tiny model's K futures barely differ, so the choice itself is checked on futures
     # of known quality: the real future plus noise of a set level per sample (sample 2 cleanest)
@@ -330,6 +332,19 @@ def test_best_of_k_evaluation_and_table():
     np.testing.assert_allclose(picked["last_frame"], clean[:, -1].numpy(), atol=1e-6)
     # one sample is cleanest at every frame, so both protocols agree here
     np.testing.assert_allclose(picked["ssim_frame"], picked["ssim"], atol=1e-6)
+    assert (picked["ssim_mean"] < picked["ssim"] - 0.01).all()
+    # spread: the per-pixel std across the samples, which grows with the noise levels' spread
+    futures = (x[:, None, 3:8] + levels[None, :, None, None, None, None] * noise[:, None]).clamp(0, 1)
+    np.testing.assert_allclose(picked["spread"], futures.std(1, unbiased=False).flatten(2).mean(-1).numpy(), rtol=1e-5)
+    assert picked["spread"].min() > 0.01
+    same = best_of_k(KnownFutures(), frames, audio, 3, 5, 1, device=torch.device("cpu"), chunk=2)
+    assert np.abs(same["spread"]).max() == 0.0  # one sample: nothing to differ
+    from soundsight_train.eval_forecast import block_iou
+
+    boxes = np.array([(0, 0, 25, 25), (10, 10, 35, 35), (23, 23, 48, 48)])
+    with_boxes = best_of_k(KnownFutures(), frames, audio, 3, 5, 4, device=torch.device("cpu"), chunk=2, boxes=boxes)
+    want = [np.mean([block_iou(futures[c, j, -1].numpy(), boxes[c]) for j in range(4)]) for c in range(3)]
+    np.testing.assert_allclose(with_boxes["block_iou_mean"], want, atol=1e-6)
     # copy-last: the last seen frame (3rd) against each real future frame (4th..8th)
     base = copy_last(frames, 3, 5)
     assert base["ssim"].shape == base["psnr"].shape == (3, 5)
@@ -544,7 +559,7 @@ def test_eval_pieces_and_seeds_pool_and_compare_paired(tiny_dataset, tmp_path):
     np.testing.assert_allclose(two["no-audio ablation"]["psnr"], (ref["no-audio ablation"]["psnr"] + one["no-audio ablation"]["psnr"]) / 2, rtol=1e-6)
     # the paired difference's mean is the difference of the means, inside its own interval
     res = forecast_stats.compare(info, rows, n_boot=500)
-    key = "SSIM, one sample per clip @6"
+    key = "SSIM, best sample per clip @6"
     d = res["differences"]["no-audio ablation"][key]
     assert d["mean"] == pytest.approx(res["means"]["Sound2Sight (ours)"][key] - res["means"]["no-audio ablation"][key], abs=2e-4)
     assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]

@@ -72,14 +72,21 @@ def to_frames(u8: np.ndarray | torch.Tensor, device) -> torch.Tensor:
 
 
 def best_of_k(model, frames_u8, audio, n_past: int, n_future: int, k: int, *, device, chunk: int = 4,
-              seed: int = 0, progress=None, temperature: float = 1.0) -> dict:
+              seed: int = 0, progress=None, temperature: float = 1.0, boxes=None) -> dict:
     """Best-of-K SSIM/PSNR curves (N, n_future) for the model on these sequences: ``ssim`` /
     ``psnr`` follow one sample per clip (the best mean), ``ssim_frame`` / ``psnr_frame`` take the
-    best sample at each frame (the paper's code), ``last_frame`` is the SSIM-best sample's last."""
+    best sample at each frame (the paper's code), ``last_frame`` is the SSIM-best sample's last.
+
+    Also what one sample scores on average (``ssim_mean`` / ``psnr_mean``: the mean over the K
+    samples, a far less noisy estimate than a few runs with K = 1) and how much the samples
+    differ (``spread``: the per-pixel standard deviation across them, averaged over the frame;
+    0 when they agree). With ``boxes`` (the true block per clip), ``block_iou_mean`` is the
+    block IoU of the last frame averaged over all K samples."""
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
     n = len(frames_u8)
-    ssim_best, psnr_best, last_best, ssim_frame, psnr_frame = [], [], [], [], []
+    keys = ("ssim", "psnr", "last_frame", "ssim_frame", "psnr_frame", "ssim_mean", "psnr_mean", "spread")
+    acc = {key: [] for key in keys + (("block_iou_mean",) if boxes is not None else ())}
     for i in range(0, n, chunk):
         fr = to_frames(frames_u8[i : i + chunk, : n_past + n_future], device)
         au = torch.as_tensor(np.asarray(audio[i : i + chunk, : n_past + n_future], dtype=np.float32)).to(device)
@@ -90,21 +97,31 @@ def best_of_k(model, frames_u8, audio, n_past: int, n_future: int, k: int, *, de
         bi = s.mean(-1).argmax(1)
         pi = p.mean(-1).argmax(1)
         ar = torch.arange(len(bi), device=s.device)
-        ssim_best.append(s[ar, bi].cpu())
-        psnr_best.append(p[ar, pi].cpu())
-        last_best.append(out[ar, bi, -1].float().cpu())
-        ssim_frame.append(s.amax(1).cpu())
-        psnr_frame.append(p.amax(1).cpu())
+        acc["ssim"].append(s[ar, bi])
+        acc["psnr"].append(p[ar, pi])
+        acc["last_frame"].append(out[ar, bi, -1].float())
+        acc["ssim_frame"].append(s.amax(1))
+        acc["psnr_frame"].append(p.amax(1))
+        acc["ssim_mean"].append(s.mean(1))
+        acc["psnr_mean"].append(p.mean(1))
+        acc["spread"].append(out.float().std(1, unbiased=False).flatten(2).mean(-1))
+        if boxes is not None:
+            last = out[:, :, -1].float().cpu().numpy()
+            acc["block_iou_mean"].append(torch.tensor([np.mean([block_iou(f, box) for f in clip])
+                                                       for clip, box in zip(last, boxes[i : i + chunk])]))
         if progress:
             progress(min(i + chunk, n), n)
-    return {"ssim": torch.cat(ssim_best).numpy(), "psnr": torch.cat(psnr_best).numpy(),
-            "last_frame": torch.cat(last_best).numpy(),
-            "ssim_frame": torch.cat(ssim_frame).numpy(), "psnr_frame": torch.cat(psnr_frame).numpy()}
+    return {key: torch.cat(v).cpu().numpy() for key, v in acc.items()}
 
 
 def per_frame_curves(curves: dict) -> dict:
     """The per-frame protocol's curves under the plain ``ssim`` / ``psnr`` keys (for summarize)."""
     return {"ssim": curves["ssim_frame"], "psnr": curves["psnr_frame"]}
+
+
+def sample_mean_curves(curves: dict) -> dict:
+    """The average sample's curves under the plain ``ssim`` / ``psnr`` keys (for summarize)."""
+    return {"ssim": curves["ssim_mean"], "psnr": curves["psnr_mean"]}
 
 
 def copy_last(frames_u8, n_past: int, n_future: int) -> dict:
@@ -236,7 +253,7 @@ def main(argv=None) -> int:
     if frames.shape[1] < need:
         print(f"error: sequences have {frames.shape[1]} frames, need {need}", file=sys.stderr)
         return 2
-    rows, frame_rows, timing, per_clip = {}, {}, {}, {}
+    rows, frame_rows, mean_rows, timing, per_clip = {}, {}, {}, {}, {}
     models = [("Sound2Sight (ours)", args.model)]
     if args.no_audio_model:
         models.append(("no-audio ablation", args.no_audio_model))
@@ -250,25 +267,39 @@ def main(argv=None) -> int:
         with dev.autocast():
             curves = best_of_k(model, frames, audio, args.n_past, args.n_future, args.samples,
                                device=dev.torch_device, chunk=args.chunk, seed=args.seed, progress=progress,
-                               temperature=args.temperature)
+                               temperature=args.temperature, boxes=boxes)
         timing[label] = round(time.time() - t0, 1)
         rows[label] = summarize(curves, args.n_past, report) | {"model": folder.name, "sha256": folder.sha256()}
         frame_rows[label] = summarize(per_frame_curves(curves), args.n_past, report)
-        per_clip[label] = {k: curves[k] for k in ("ssim", "psnr", "ssim_frame", "psnr_frame")}
+        mean_rows[label] = summarize(sample_mean_curves(curves), args.n_past, report)
+        spread = curves["spread"].mean(0)
+        mean_rows[label]["spread"] = {"per_frame": [round(float(v), 4) for v in spread],
+                                      "at": {str(f): round(float(spread[f - args.n_past - 1]), 4) for f in report
+                                             if 0 <= f - args.n_past - 1 < len(spread)}}
+        per_clip[label] = {k: v for k, v in curves.items() if k != "last_frame"}
         if block:
             per_clip[label]["block_iou"] = np.array([block_iou(f, b) for f, b in zip(curves["last_frame"], boxes)])
             rows[label]["block_iou"] = round(float(per_clip[label]["block_iou"].mean()), 4)
+            mean_rows[label]["block_iou"] = round(float(curves["block_iou_mean"].mean()), 4)
     copied = copy_last(frames, args.n_past, args.n_future)
     rows["copy last seen frame"] = summarize(copied, args.n_past, report)
-    per_clip["copy last seen frame"] = dict(copied)
+    # one deterministic future: the same values under every protocol's key
+    per_clip["copy last seen frame"] = {f"{m}{suffix}": copied[m] for m in ("ssim", "psnr")
+                                        for suffix in ("", "_frame", "_mean")}
     if block:
         last_seen = frames[:, args.n_past - 1].astype(np.float32) / 255.0
-        per_clip["copy last seen frame"]["block_iou"] = np.array([block_iou(f, b) for f, b in zip(last_seen, boxes)])
-        rows["copy last seen frame"]["block_iou"] = round(float(per_clip["copy last seen frame"]["block_iou"].mean()), 4)
-    # copying is deterministic: both protocols give it the same row
+        ious = np.array([block_iou(f, b) for f, b in zip(last_seen, boxes)])
+        per_clip["copy last seen frame"] |= {"block_iou": ious, "block_iou_mean": ious}
+        rows["copy last seen frame"]["block_iou"] = round(float(ious.mean()), 4)
+    # copying is deterministic: every protocol gives it the same row
     frame_rows["copy last seen frame"] = {k: v for k, v in rows["copy last seen frame"].items() if k != "block_iou"}
+    mean_rows["copy last seen frame"] = rows["copy last seen frame"]
     table = markdown_table(rows, report)
     frame_table = markdown_table(frame_rows, report)
+    mean_table = markdown_table(mean_rows, report) + "\n\nspread across the samples (per-pixel std, 0 = all alike) at " + \
+        ", ".join(f"frame {f}" for f in report) + ": " + "; ".join(
+            f"{label} " + " / ".join(f"{v:.4f}" for v in r["spread"]["at"].values())
+            for label, r in mean_rows.items() if "spread" in r)
     if block:
         chance = {str(k): round(chance_block_iou(boxes, frames.shape[-1], k, args.seed), 4)
                   for k in sorted({1, args.samples})}
@@ -281,11 +312,13 @@ def main(argv=None) -> int:
     print(frame_table)
     print(f"\n{head}, one sample per clip (the best mean over the predicted frames)\n")
     print(table)
+    print(f"\n{head}, the average sample (the mean over the K samples: what one sample scores)\n")
+    print(mean_table)
     if args.json:
         result = {"variant": variant, "report_frames": list(report), "split": args.split, "clips": len(frames),
                   "start": int(clip_ids[0]), "samples": args.samples, "temperature": args.temperature, "muted": args.mute, "n_past": args.n_past,
-                  "n_future": args.n_future, "rows": rows, "rows_per_frame": frame_rows, "seconds": timing,
-                  "table": table, "table_per_frame": frame_table,
+                  "n_future": args.n_future, "rows": rows, "rows_per_frame": frame_rows, "rows_sample_mean": mean_rows,
+                  "seconds": timing, "table": table, "table_per_frame": frame_table, "table_sample_mean": mean_table,
                   **({"chance_block_iou": chance} if block else {})}
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"\nwrote {args.json}")

@@ -31,8 +31,10 @@ import numpy as np
 
 CURVES = ("ssim", "psnr", "ssim_frame", "psnr_frame")  # (clips, predicted frames) each
 # what the report shows at each report frame: (per-clip array key, name)
-COLUMNS = (("ssim", "SSIM, one sample per clip"), ("ssim_frame", "SSIM, best sample at each frame"),
-           ("psnr", "PSNR, one sample per clip"))
+COLUMNS = (("ssim_frame", "SSIM, best sample at each frame"), ("ssim", "SSIM, best sample per clip"),
+           ("ssim_mean", "SSIM, the average sample"), ("psnr", "PSNR, best sample per clip"),
+           ("psnr_mean", "PSNR, the average sample"), ("spread", "spread across samples"))
+SCALARS = (("block_iou", "block IoU, best sample per clip"), ("block_iou_mean", "block IoU, the average sample"))
 
 
 def save_per_clip(path, rows: dict[str, dict[str, np.ndarray]], *, clip_ids, seed: int, samples: int, n_past: int,
@@ -119,9 +121,8 @@ def compare(info: dict, rows: dict, *, reference: str | None = None, n_boot: int
     idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
     predicted = next(iter(rows.values()))["ssim"].shape[1]
     frames = [f for f in info["report_frames"] if 0 <= f - info["n_past"] - 1 < predicted]
-    cols = [(m, name, f) for m, name in COLUMNS for f in frames]
-    if any("block_iou" in r for r in rows.values()):
-        cols.append(("block_iou", "block IoU", None))
+    cols = [(m, name, f) for m, name in COLUMNS for f in frames if any(m in r for r in rows.values())]
+    cols += [(m, name, None) for m, name in SCALARS if any(m in r for r in rows.values())]
     out = {"reference": reference, "columns": [], "means": {}, "differences": {}}
     for metric, name, frame in cols:
         key = f"{name} @{frame}" if frame else name
