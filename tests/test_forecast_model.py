@@ -552,18 +552,28 @@ def test_eval_pieces_and_seeds_pool_and_compare_paired(tiny_dataset, tmp_path):
     assert info["clips"] == 3 and ids.tolist() == [0, 1, 2]
     copy = "copy last seen frame"  # deterministic, so the pieces give exactly the whole run's values
     np.testing.assert_allclose(rows[copy]["ssim"], ref[copy]["ssim"])
-    assert rows["Sound2Sight (ours)"]["ssim_frame"].shape == (3, 7)
+    assert rows["tiny-a"]["ssim_frame"].shape == (3, 7)  # rows go by the model's folder name
     # two seeds: each clip averaged
     _, _, two = forecast_stats.pool([whole, other_seed])
     _, _, one = forecast_stats.pool([other_seed])
-    np.testing.assert_allclose(two["no-audio ablation"]["psnr"], (ref["no-audio ablation"]["psnr"] + one["no-audio ablation"]["psnr"]) / 2, rtol=1e-6)
+    np.testing.assert_allclose(two["tiny-na"]["psnr"], (ref["tiny-na"]["psnr"] + one["tiny-na"]["psnr"]) / 2, rtol=1e-6)
     # the paired difference's mean is the difference of the means, inside its own interval
     res = forecast_stats.compare(info, rows, n_boot=500)
     key = "SSIM, best sample per clip @6"
-    d = res["differences"]["no-audio ablation"][key]
-    assert d["mean"] == pytest.approx(res["means"]["Sound2Sight (ours)"][key] - res["means"]["no-audio ablation"][key], abs=2e-4)
+    d = res["differences"]["tiny-na"][key]
+    assert d["mean"] == pytest.approx(res["means"]["tiny-a"][key] - res["means"]["tiny-na"][key], abs=2e-4)
     assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
-    assert "Sound2Sight (ours) − copy last seen frame" in forecast_stats.markdown(res)
+    assert "tiny-a − copy last seen frame" in forecast_stats.markdown(res)
+    # models evaluated one at a time pool with each other (the deterministic copy row repeats)
+    alone = ["--data", str(tiny_dataset), "--samples", "2", "--n-past", "5", "--n-future", "7", "--threads", "1"]
+    for name in ("tiny-a", "tiny-na"):
+        assert eval_forecast.main(alone + ["--model", str(tmp_path / name), "--per-clip", str(tmp_path / f"{name}.npz")]) == 0
+    _, _, apart = forecast_stats.pool([tmp_path / "tiny-a.npz", tmp_path / "tiny-na.npz"])
+    assert set(apart) == {"tiny-a", "tiny-na", "copy last seen frame"}
+    assert eval_forecast.main(alone + ["--model", str(tmp_path / "tiny-na"), "--limit", "2", "--per-clip",
+                                       str(tmp_path / "na2.npz")]) == 0
+    with pytest.raises(ValueError, match="other clips"):
+        forecast_stats.pool([tmp_path / "tiny-a.npz", tmp_path / "na2.npz"])
     # pieces that overlap, or seeds over other clips, do not pool
     with pytest.raises(ValueError, match="overlap"):
         forecast_stats.pool([whole, head])

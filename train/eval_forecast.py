@@ -325,9 +325,14 @@ def main(argv=None) -> int:
     if args.per_clip:
         from soundsight_train.forecast_stats import save_per_clip
 
-        save_per_clip(args.per_clip, per_clip, clip_ids=clip_ids, seed=args.seed, samples=args.samples,
+        # rows go by the model's folder name, so runs of one model at a time pool with paired runs
+        names = {label: rows[label]["model"] for label, _ in models}
+        if len(set(names.values())) < len(names):  # two folders of one name: keep the row labels
+            names = {label: label for label in names}
+        named = {names.get(label, label): v for label, v in per_clip.items()}
+        save_per_clip(args.per_clip, named, clip_ids=clip_ids, seed=args.seed, samples=args.samples,
                       n_past=args.n_past, report=report, split=args.split, variant=variant, muted=args.mute,
-                      models={label: rows[label]["sha256"] for label, _ in models})
+                      models={names[label]: rows[label]["sha256"] for label, _ in models})
         print(f"wrote {args.per_clip}")
     if args.write_card:
         for label, ref in models:

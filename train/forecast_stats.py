@@ -65,42 +65,53 @@ SAME = ("samples", "n_past", "report_frames", "split", "variant", "muted")
 
 
 def pool(paths) -> tuple[dict, np.ndarray, dict[str, dict[str, np.ndarray]]]:
-    """Join pieces per seed, then average seeds clip by clip. Raises ValueError on files that do
-    not belong together (other protocol, other weights under the same label, overlapping or
-    mismatched clips)."""
+    """Join each row's pieces per seed, average its seeds clip by clip, and line the rows up on
+    their clips. Raises ValueError on files that do not belong together: another protocol,
+    other weights under the same name, a clip seen twice with different values under one seed
+    (overlapping pieces; a deterministic row such as copy-last may repeat), seeds or rows over
+    different clips."""
     loaded = [(p, *load_per_clip(p)) for p in paths]
     if not loaded:
         raise ValueError("no files")
     first = loaded[0][1]
     weights: dict[str, str] = {}
-    for p, meta, _, _ in loaded:
+    parts: dict[str, dict[int, list]] = {}  # label -> seed -> [(clips, arrays)]
+    for p, meta, clips, rows in loaded:
         for key in SAME:
             if meta[key] != first[key]:
                 raise ValueError(f"{p}: {key} = {meta[key]}, but {loaded[0][0]} has {first[key]}")
         for label, sha in meta["models"].items():
             if weights.setdefault(label, sha) != sha:
                 raise ValueError(f"{p}: '{label}' is other weights than in the files before it")
-    labels = [lab for lab in first["labels"] if all(lab in m["labels"] for _, m, _, _ in loaded)]
-    by_seed: dict[int, list] = {}
-    for p, meta, clips, rows in loaded:
-        by_seed.setdefault(meta["seed"], []).append((clips, rows))
-    joined = {}
-    for seed, parts in by_seed.items():
-        ids = np.concatenate([c for c, _ in parts])
-        if len(np.unique(ids)) != len(ids):
-            raise ValueError(f"seed {seed}: the files' clip ranges overlap")
-        order = np.argsort(ids)
-        joined[seed] = (ids[order], {lab: {m: np.concatenate([r[lab][m] for _, r in parts])[order]
-                                           for m in parts[0][1][lab]} for lab in labels})
-    seeds = sorted(joined)
-    ids = joined[seeds[0]][0]
-    for s in seeds[1:]:
-        if not np.array_equal(joined[s][0], ids):
-            raise ValueError(f"seeds {seeds[0]} and {s} cover different clips; seeds are averaged clip by clip")
-    rows = {lab: {m: np.mean([joined[s][1][lab][m] for s in seeds], axis=0) for m in joined[seeds[0]][1][lab]}
-            for lab in labels}
-    info = {k: first[k] for k in SAME} | {"seeds": seeds, "clips": int(len(ids)), "models": weights}
-    return info, ids, rows
+        for label, arrays in rows.items():
+            parts.setdefault(label, {}).setdefault(meta["seed"], []).append((clips, arrays))
+    pooled, seeds_of, ids = {}, {}, None
+    for label, by_seed in parts.items():
+        joined = {seed: join_pieces(label, seed, pieces) for seed, pieces in by_seed.items()}
+        seeds = sorted(joined)
+        label_ids = joined[seeds[0]][0]
+        for s in seeds[1:]:
+            if not np.array_equal(joined[s][0], label_ids):
+                raise ValueError(f"'{label}': seeds {seeds[0]} and {s} cover different clips; "
+                                 "seeds are averaged clip by clip")
+        if ids is None:
+            ids = label_ids
+        elif not np.array_equal(ids, label_ids):
+            raise ValueError(f"'{label}' covers other clips than the rows before it; rows are compared clip by clip")
+        pooled[label] = {m: np.mean([joined[s][1][m] for s in seeds], axis=0) for m in joined[seeds[0]][1]}
+        seeds_of[label] = seeds
+    info = {k: first[k] for k in SAME} | {"seeds": seeds_of, "clips": int(len(ids)), "models": weights}
+    return info, ids, pooled
+
+
+def join_pieces(label: str, seed: int, pieces: list) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    ids = np.concatenate([c for c, _ in pieces])
+    arrays = {m: np.concatenate([a[m] for _, a in pieces]) for m in pieces[0][1]}
+    ids, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    for m, a in arrays.items():
+        if not np.allclose(a, a[first][inverse], rtol=0, atol=1e-6, equal_nan=True):
+            raise ValueError(f"'{label}', seed {seed}: the files' clip ranges overlap")
+    return ids, {m: a[first] for m, a in arrays.items()}
 
 
 def values(rows: dict, label: str, metric: str, frame: int | None, n_past: int) -> np.ndarray:
@@ -175,10 +186,10 @@ def main(argv=None) -> int:
         print(f"error: no row '{args.reference}' (rows: {', '.join(rows)})", file=sys.stderr)
         return 2
     result = compare(info, rows, reference=args.reference, n_boot=args.boot) | {"pooled": info}
-    seeds = info["seeds"]
-    print(f"{info['variant']} {info['split']}: {info['clips']} clips, best of K={info['samples']}, "
-          f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
-          + (" (each clip averaged over the seeds)" if len(seeds) > 1 else "") + "; differences: mean [95 % bootstrap]\n")
+    seeds = "; ".join(f"{lab}: seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))}"
+                      for lab, s in info["seeds"].items() if lab in info["models"])
+    print(f"{info['variant']} {info['split']}: {info['clips']} clips, best of K={info['samples']} ({seeds}; "
+          "a clip's values are averaged over its seeds); differences: mean [95 % bootstrap over clips]\n")
     print(markdown(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
