@@ -529,6 +529,7 @@ def test_eval_mute_feeds_silence_and_stays_out_of_cards(tiny_dataset, tmp_path, 
     assert eval_forecast.main(common + ["--mute", "--write-card"]) == 2
 
 def test_eval_pieces_and_seeds_pool_and_compare_paired(tiny_dataset, tmp_path):
+    import json
     from dataclasses import asdict
 
     from soundsight.registry import save_model
@@ -580,6 +581,18 @@ def test_eval_pieces_and_seeds_pool_and_compare_paired(tiny_dataset, tmp_path):
     with pytest.raises(ValueError, match="different clips"):
         forecast_stats.pool([head, other_seed])
     assert forecast_stats.main([str(head), str(tail), "--boot", "50"]) == 0
+    # the pooled result goes into a card only for the whole split, and only onto the same weights
+    card_path = tmp_path / "tiny-a" / "card.json"
+    assert forecast_stats.main([str(head), str(tail), "--card", str(tmp_path / "tiny-a")]) == 2  # no split size
+    card = json.loads(card_path.read_text())
+    card["data"] = {"counts": {"test": 3}}
+    card_path.write_text(json.dumps(card))
+    assert forecast_stats.main([str(head), "--card", str(tmp_path / "tiny-a")]) == 2  # 2 of 3 clips
+    assert forecast_stats.main([str(head), str(tail), "--boot", "50", "--card", str(tmp_path / "tiny-a")]) == 0
+    test = json.loads(card_path.read_text())["metrics"]["test"]
+    assert test["clips"] == 3 and set(test["ssim"]) == {"6"} and "tiny-na" in test["paired_differences"]
+    assert test["average_sample"]["ssim"]["6"] <= test["ssim"]["6"] <= test["best_sample_per_frame"]["ssim"]["6"]
+    assert forecast_stats.main([str(head), str(tail), "--card", str(tiny_dataset)]) == 2  # no such row
     assert forecast_stats.main([str(head), str(tmp_path / "missing.npz")]) == 2
     assert eval_forecast.main(common + ["--start", "3"]) == 2
     assert eval_forecast.main(common + ["--start", "1", "--write-card"]) == 2

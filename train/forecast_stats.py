@@ -166,19 +166,70 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def card_entry(info: dict, ids: np.ndarray, rows: dict, label: str, command: str, n_boot: int = 2000) -> dict:
+    """The pooled evaluation in the shape ``eval_forecast --write-card`` writes, plus the
+    average sample and the paired differences against the other rows."""
+    n_past, frames = info["n_past"], info["report_frames"]
+    r = rows[label]
+
+    def at(metric):
+        curve = r[metric].mean(0)
+        return {str(f): round(float(curve[f - n_past - 1]), 4) for f in frames if 0 <= f - n_past - 1 < len(curve)}
+
+    def curve(metric):
+        return [round(float(v), 4) for v in r[metric].mean(0)]
+
+    diffs = compare(info, rows, reference=label, n_boot=n_boot)["differences"]
+    return {"protocol": f"best of K={info['samples']} per clip (SSIM and PSNR picked separately), "
+                        f"frames 1-{n_past} seen, {r['ssim'].shape[1]} predicted; pooled from pieces and seeds",
+            "clips": info["clips"], "split": info["split"], "seeds": info["seeds"][label], "command": command,
+            "ssim": at("ssim"), "psnr": at("psnr"),
+            **({"block_iou": round(float(r["block_iou"].mean()), 4)} if "block_iou" in r else {}),
+            "ssim_per_frame": curve("ssim"), "psnr_per_frame": curve("psnr"),
+            "best_sample_per_frame": {"protocol": "the paper's code: the best of the K samples at each frame",
+                                      "ssim": at("ssim_frame"), "psnr": at("psnr_frame")},
+            "average_sample": {"protocol": "the mean over the K samples: what one sample scores",
+                               "ssim": at("ssim_mean"), "psnr": at("psnr_mean"), "spread": at("spread"),
+                               **({"block_iou": round(float(r["block_iou_mean"].mean()), 4)}
+                                  if "block_iou_mean" in r else {})},
+            "baselines": {k: {"ssim": {str(f): round(float(v["ssim"].mean(0)[f - n_past - 1]), 4) for f in frames
+                                       if 0 <= f - n_past - 1 < v["ssim"].shape[1]}}
+                          for k, v in rows.items() if k != label},
+            "paired_differences": {"method": "this row minus the other, per clip; mean and 95 % bootstrap interval",
+                                   **diffs}}
+
+
+def write_card(folder, entry: dict, sha: str) -> Path:
+    from soundsight.registry import locate
+
+    folder = locate(str(folder))
+    card_path = folder / "card.json"
+    card = json.loads(card_path.read_text())
+    if card["files"]["model.safetensors"]["sha256"] != sha:
+        raise ValueError(f"{folder} holds other weights than the ones evaluated")
+    card.setdefault("metrics", {})["test" if entry["split"] == "test" else f"test_{entry['split']}"] = entry
+    tmp = card_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(tmp, card_path)
+    return card_path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m soundsight_train.forecast_stats", description=__doc__.split("\n")[0])
     ap.add_argument("files", nargs="+", help=".npz files from eval_forecast --per-clip")
     ap.add_argument("--reference", default=None, help="the row the others are compared with (default: the first)")
     ap.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
     ap.add_argument("--json", default=None, help="also write the result here")
+    ap.add_argument("--card", action="append", default=[], metavar="FOLDER",
+                    help="record the pooled result in this model folder's card.json (the row of that name; "
+                         "the files must cover the whole split); repeatable")
     args = ap.parse_args(argv)
     for f in args.files:
         if not Path(f).is_file():
             print(f"error: {f}: no such file", file=sys.stderr)
             return 2
     try:
-        info, _, rows = pool(args.files)
+        info, ids, rows = pool(args.files)
     except (ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -194,7 +245,35 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"\nwrote {args.json}")
+    if args.card:
+        import shlex
+
+        command = "python -m soundsight_train.forecast_stats " + " ".join(
+            shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+        for folder in args.card:
+            label = Path(folder).name
+            try:
+                if label not in info["models"]:
+                    raise ValueError(f"no row '{label}' in these files (models: {', '.join(info['models'])})")
+                if not np.array_equal(ids, np.arange(split_size(info, folder))):
+                    raise ValueError(f"the files cover {info['clips']} clips, not the whole {info['split']} split")
+                path = write_card(folder, card_entry(info, ids, rows, label, command, args.boot), info["models"][label])
+            except ValueError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            print(f"recorded in {path}")
     return 0
+
+
+def split_size(info: dict, folder) -> int:
+    """The number of clips in the evaluated split, from the model card's data record."""
+    from soundsight.registry import locate
+
+    card = json.loads((locate(str(folder)) / "card.json").read_text())
+    sizes = card.get("data", {}).get("counts", {})
+    if info["split"] not in sizes:
+        raise ValueError(f"{folder}'s card does not say how many {info['split']} clips its data has")
+    return int(sizes[info["split"]])
 
 
 if __name__ == "__main__":
