@@ -332,7 +332,7 @@ def main(argv=None) -> int:
         named = {names.get(label, label): v for label, v in per_clip.items()}
         save_per_clip(args.per_clip, named, clip_ids=clip_ids, seed=args.seed, samples=args.samples,
                       n_past=args.n_past, report=report, split=args.split, variant=variant, muted=args.mute,
-                      models={names[label]: rows[label]["sha256"] for label, _ in models})
+                      temperature=args.temperature, models={names[label]: rows[label]["sha256"] for label, _ in models})
         print(f"wrote {args.per_clip}")
     if args.write_card:
         for label, ref in models:

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-CURVES = ("ssim", "psnr", "ssim_frame", "psnr_frame")  # (clips, predicted frames) each
 # what the report shows at each report frame: (per-clip array key, name)
 COLUMNS = (("ssim_frame", "SSIM, best sample at each frame"), ("ssim", "SSIM, best sample per clip"),
            ("ssim_mean", "SSIM, the average sample"), ("psnr", "PSNR, best sample per clip"),
@@ -38,12 +37,12 @@ SCALARS = (("block_iou", "block IoU, best sample per clip"), ("block_iou_mean", 
 
 
 def save_per_clip(path, rows: dict[str, dict[str, np.ndarray]], *, clip_ids, seed: int, samples: int, n_past: int,
-                  report, split: str, variant: str, muted: bool, models: dict[str, str]) -> None:
+                  report, split: str, variant: str, muted: bool, temperature: float, models: dict[str, str]) -> None:
     """Write ``rows`` ({label: {metric: per-clip array}}) with what identifies the run; atomic."""
     labels = list(rows)
     meta = {"labels": labels, "seed": int(seed), "samples": int(samples), "n_past": int(n_past),
             "report_frames": [int(f) for f in report], "split": split, "variant": variant, "muted": bool(muted),
-            "models": models}
+            "temperature": float(temperature), "models": models}
     arrays = {f"r{i}_{m}": np.asarray(a, dtype=np.float32) for i, label in enumerate(labels)
               for m, a in rows[label].items()}
     path = Path(path)
@@ -61,7 +60,7 @@ def load_per_clip(path) -> tuple[dict, np.ndarray, dict[str, dict[str, np.ndarra
         return meta, z["clips"], rows
 
 
-SAME = ("samples", "n_past", "report_frames", "split", "variant", "muted")
+SAME = ("samples", "n_past", "report_frames", "split", "variant", "muted", "temperature")
 
 
 def pool(paths) -> tuple[dict, np.ndarray, dict[str, dict[str, np.ndarray]]]:
