@@ -592,7 +592,16 @@ def test_eval_pieces_and_seeds_pool_and_compare_paired(tiny_dataset, tmp_path):
     test = json.loads(card_path.read_text())["metrics"]["test"]
     assert test["clips"] == 3 and set(test["ssim"]) == {"6"} and "tiny-na" in test["paired_differences"]
     assert test["average_sample"]["ssim"]["6"] <= test["ssim"]["6"] <= test["best_sample_per_frame"]["ssim"]["6"]
-    assert forecast_stats.main([str(head), str(tail), "--card", str(tiny_dataset)]) == 2  # no such row
+    assert forecast_stats.main([str(head), str(tail), "--card", str(tmp_path / "tiny-na")]) == 2  # no split size
+    # a copy of the weights under another name is found by checksum
+    import shutil
+
+    shutil.copytree(tmp_path / "tiny-a", tmp_path / "shipped")
+    assert forecast_stats.main([str(head), str(tail), "--boot", "20", "--card", str(tmp_path / "shipped")]) == 0
+    other = tmp_path / "other"
+    save_model(other, name="other", task="frame-forecast", architecture="sound2sight", config=asdict(tiny()),
+               tensors={"model.safetensors": Sound2Sight(tiny()).state_dict()})
+    assert forecast_stats.main([str(head), str(tail), "--card", str(other)]) == 2  # weights never evaluated
     assert forecast_stats.main([str(head), str(tmp_path / "missing.npz")]) == 2
     assert eval_forecast.main(common + ["--start", "3"]) == 2
     assert eval_forecast.main(common + ["--start", "1", "--write-card"]) == 2

@@ -198,14 +198,11 @@ def card_entry(info: dict, ids: np.ndarray, rows: dict, label: str, command: str
                                    **diffs}}
 
 
-def write_card(folder, entry: dict, sha: str) -> Path:
+def write_card(folder, entry: dict) -> Path:
     from soundsight.registry import locate
 
-    folder = locate(str(folder))
-    card_path = folder / "card.json"
+    card_path = locate(str(folder)) / "card.json"
     card = json.loads(card_path.read_text())
-    if card["files"]["model.safetensors"]["sha256"] != sha:
-        raise ValueError(f"{folder} holds other weights than the ones evaluated")
     card.setdefault("metrics", {})["test" if entry["split"] == "test" else f"test_{entry['split']}"] = entry
     tmp = card_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(card, indent=2) + "\n")
@@ -250,18 +247,28 @@ def main(argv=None) -> int:
         command = "python -m soundsight_train.forecast_stats " + " ".join(
             shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
         for folder in args.card:
-            label = Path(folder).name
             try:
-                if label not in info["models"]:
-                    raise ValueError(f"no row '{label}' in these files (models: {', '.join(info['models'])})")
+                label = row_of(folder, info["models"])
                 if not np.array_equal(ids, np.arange(split_size(info, folder))):
                     raise ValueError(f"the files cover {info['clips']} clips, not the whole {info['split']} split")
-                path = write_card(folder, card_entry(info, ids, rows, label, command, args.boot), info["models"][label])
+                path = write_card(folder, card_entry(info, ids, rows, label, command, args.boot))
             except ValueError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
             print(f"recorded in {path}")
     return 0
+
+
+def row_of(folder, models: dict[str, str]) -> str:
+    """The row evaluated with this folder's weights (by checksum: the folder may have been
+    renamed or copied into the registry since)."""
+    from soundsight.registry import locate
+
+    sha = json.loads((locate(str(folder)) / "card.json").read_text())["files"]["model.safetensors"]["sha256"]
+    for label, evaluated in models.items():
+        if evaluated == sha:
+            return label
+    raise ValueError(f"none of these files evaluated {folder}'s weights (models: {', '.join(models)})")
 
 
 def split_size(info: dict, folder) -> int:
