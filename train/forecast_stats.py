@@ -99,6 +99,8 @@ def pool(paths) -> tuple[dict, np.ndarray, dict[str, dict[str, np.ndarray]]]:
             raise ValueError(f"'{label}' covers other clips than the rows before it; rows are compared clip by clip")
         pooled[label] = {m: np.mean([joined[s][1][m] for s in seeds], axis=0) for m in joined[seeds[0]][1]}
         seeds_of[label] = seeds
+    # the models first, in the order the files name them; the baselines after
+    pooled = {lab: pooled[lab] for lab in sorted(pooled, key=lambda lab: lab not in weights)}
     info = {k: first[k] for k in SAME} | {"seeds": seeds_of, "clips": int(len(ids)), "models": weights}
     return info, ids, pooled
 
