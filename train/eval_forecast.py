@@ -9,6 +9,10 @@ same samples:
 - **per clip** (stricter: one sample per clip, the one with the best mean SSIM over the predicted
   frames gives the SSIM row, the one with the best mean PSNR the PSNR row).
 
+and, from the same samples, **the average sample** (the mean over the K: what one sample scores
+in expectation) with the **spread** across the samples. ``--start/--limit`` and ``--per-clip``
+run the test in pieces for ``soundsight_train.forecast_stats`` to pool and compare clip by clip.
+
 Per-frame values are averaged over the test clips. Baselines on the same split:
 copy-last-seen-frame, and the no-audio model (``--no-audio-model``). On an M3SO (block) data
 set the defaults become 30 seen / 40 predicted, SSIM at frames 31/42/70 and the block IoU of
