@@ -118,6 +118,17 @@ class ModelFolder:
         return {f: meta["sha256"] for f, meta in self.card.get("files", {}).items()}
 
 
+def record_metrics(folder: Path, key: str, value) -> Path:
+    """Put an evaluation into a model folder's ``card.json`` under ``metrics[key]``, atomically;
+    the weights and their checksums are untouched, so the folder still verifies."""
+    from soundsight.outputs import write_bytes_atomic
+
+    path = Path(folder) / CARD
+    card = json.loads(path.read_text())
+    card.setdefault("metrics", {})[key] = value
+    return write_bytes_atomic(path, (json.dumps(card, indent=2) + "\n").encode())
+
+
 def read_card(folder: Path) -> dict:
     card_path = folder / CARD
     if not card_path.is_file():

@@ -135,11 +135,11 @@ def copy_last(frames_u8, n_past: int, n_future: int) -> dict:
     return {"ssim": ssim(last, tgt).numpy(), "psnr": psnr(last, tgt).numpy()}
 
 
-def summarize(curves: dict, n_past: int, frames=REPORT_FRAMES) -> dict:
+def summarize(curves: dict, n_past: int, frames=REPORT_FRAMES, keys=("ssim", "psnr")) -> dict:
     """Mean per predicted frame + the values at the report frames (1-based sequence numbers)."""
     out = {}
     for metric, arr in curves.items():
-        if metric not in ("ssim", "psnr"):
+        if metric not in keys:
             continue
         mean = np.asarray(arr).mean(0)
         out[metric] = {"per_frame": [round(float(v), 4) for v in mean],
@@ -276,10 +276,7 @@ def main(argv=None) -> int:
         rows[label] = summarize(curves, args.n_past, report) | {"model": folder.name, "sha256": folder.sha256()}
         frame_rows[label] = summarize(per_frame_curves(curves), args.n_past, report)
         mean_rows[label] = summarize(sample_mean_curves(curves), args.n_past, report)
-        spread = curves["spread"].mean(0)
-        mean_rows[label]["spread"] = {"per_frame": [round(float(v), 4) for v in spread],
-                                      "at": {str(f): round(float(spread[f - args.n_past - 1]), 4) for f in report
-                                             if 0 <= f - args.n_past - 1 < len(spread)}}
+        mean_rows[label] |= summarize(curves, args.n_past, report, keys=("spread",))
         per_clip[label] = {k: v for k, v in curves.items() if k != "last_frame"}
         if block:
             per_clip[label]["block_iou"] = np.array([block_iou(f, b) for f, b in zip(curves["last_frame"], boxes)])
@@ -347,13 +344,8 @@ def main(argv=None) -> int:
 
 def update_card(ref, rows: dict, label: str, args, clips: int, command: str, frame_rows: dict | None = None) -> Path:
     """Merge this evaluation into a model folder's card (weights untouched; atomic rewrite)."""
-    import os
+    from soundsight.registry import locate, record_metrics
 
-    from soundsight.registry import locate
-
-    folder = locate(ref)
-    card_path = folder / "card.json"
-    card = json.loads(card_path.read_text())
     entry = {"protocol": f"best of K={args.samples} per clip (SSIM and PSNR picked separately), "
                          f"frames 1-{args.n_past} seen, {args.n_future} predicted",
              "clips": clips, "split": args.split, "temperature": args.temperature, "command": command,
@@ -364,11 +356,7 @@ def update_card(ref, rows: dict, label: str, args, clips: int, command: str, fra
     if frame_rows and label in frame_rows:
         entry["best_sample_per_frame"] = {"protocol": "the paper's code: the best of the K samples at each frame",
                                           "ssim": frame_rows[label]["ssim"]["at"], "psnr": frame_rows[label]["psnr"]["at"]}
-    card.setdefault("metrics", {})[f"test_{args.split}" if args.split != "test" else "test"] = entry
-    tmp = card_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(tmp, card_path)
-    return card_path
+    return record_metrics(locate(ref), f"test_{args.split}" if args.split != "test" else "test", entry)
 
 
 if __name__ == "__main__":

@@ -354,17 +354,14 @@ def calibrate(folder, n: int | None = None, seed: int = 0, refs_per_room: int = 
 def update_card(folder, results: dict, command: str) -> None:
     """Put an evaluation's summary into a registry card's ``metrics.eval_rematch`` (atomically;
     the weights and their checksums are untouched)."""
-    from soundsight.outputs import write_bytes_atomic
+    from soundsight.registry import record_metrics
 
-    path = Path(folder) / "card.json"
-    card = json.loads(path.read_text())
     summary = {"command": command}
     for split, res in results.items():
         summary[split] = {"n": res["n"], "seconds": res.get("seconds"),
                           "rows": {k: {m: round(float(v), 4) for m, v in r.items()} for k, r in res["rows"].items()},
                           "blind_estimator": {k: v for k, v in res["blind_estimator"].items() if k != "band_rt60_mae"}}
-    card.setdefault("metrics", {})["eval_rematch"] = summary
-    write_bytes_atomic(path, (json.dumps(card, indent=2) + "\n").encode())
+    record_metrics(Path(folder), "eval_rematch", summary)
 
 
 def _folder(args) -> Path:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -45,11 +44,10 @@ def save_per_clip(path, rows: dict[str, dict[str, np.ndarray]], *, clip_ids, see
             "temperature": float(temperature), "models": models}
     arrays = {f"r{i}_{m}": np.asarray(a, dtype=np.float32) for i, label in enumerate(labels)
               for m, a in rows[label].items()}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    from soundsight.outputs import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, meta=np.array(json.dumps(meta)), clips=np.asarray(clip_ids, dtype=np.int64), **arrays)
-    os.replace(tmp, path)
 
 
 def load_per_clip(path) -> tuple[dict, np.ndarray, dict[str, dict[str, np.ndarray]]]:
@@ -170,46 +168,31 @@ def markdown(result: dict) -> str:
 def card_entry(info: dict, ids: np.ndarray, rows: dict, label: str, command: str, n_boot: int = 2000) -> dict:
     """The pooled evaluation in the shape ``eval_forecast --write-card`` writes, plus the
     average sample and the paired differences against the other rows."""
+    from soundsight_train.eval_forecast import per_frame_curves, sample_mean_curves, summarize
+
     n_past, frames = info["n_past"], info["report_frames"]
     r = rows[label]
-
-    def at(metric):
-        curve = r[metric].mean(0)
-        return {str(f): round(float(curve[f - n_past - 1]), 4) for f in frames if 0 <= f - n_past - 1 < len(curve)}
-
-    def curve(metric):
-        return [round(float(v), 4) for v in r[metric].mean(0)]
+    best = summarize(r, n_past, frames)
+    at_frame = summarize(per_frame_curves(r), n_past, frames)
+    mean = summarize(sample_mean_curves(r) | {"spread": r["spread"]}, n_past, frames, keys=("ssim", "psnr", "spread"))
 
     diffs = compare(info, rows, reference=label, n_boot=n_boot)["differences"]
     return {"protocol": f"best of K={info['samples']} per clip (SSIM and PSNR picked separately), "
                         f"frames 1-{n_past} seen, {r['ssim'].shape[1]} predicted; pooled from pieces and seeds",
             "clips": info["clips"], "split": info["split"], "seeds": info["seeds"][label], "command": command,
-            "ssim": at("ssim"), "psnr": at("psnr"),
+            "ssim": best["ssim"]["at"], "psnr": best["psnr"]["at"],
             **({"block_iou": round(float(r["block_iou"].mean()), 4)} if "block_iou" in r else {}),
-            "ssim_per_frame": curve("ssim"), "psnr_per_frame": curve("psnr"),
+            "ssim_per_frame": best["ssim"]["per_frame"], "psnr_per_frame": best["psnr"]["per_frame"],
             "best_sample_per_frame": {"protocol": "the paper's code: the best of the K samples at each frame",
-                                      "ssim": at("ssim_frame"), "psnr": at("psnr_frame")},
+                                      "ssim": at_frame["ssim"]["at"], "psnr": at_frame["psnr"]["at"]},
             "average_sample": {"protocol": "the mean over the K samples: what one sample scores",
-                               "ssim": at("ssim_mean"), "psnr": at("psnr_mean"), "spread": at("spread"),
+                               **{m: mean[m]["at"] for m in ("ssim", "psnr", "spread")},
                                **({"block_iou": round(float(r["block_iou_mean"].mean()), 4)}
                                   if "block_iou_mean" in r else {})},
-            "baselines": {k: {"ssim": {str(f): round(float(v["ssim"].mean(0)[f - n_past - 1]), 4) for f in frames
-                                       if 0 <= f - n_past - 1 < v["ssim"].shape[1]}}
+            "baselines": {k: {"ssim": summarize(v, n_past, frames, keys=("ssim",))["ssim"]["at"]}
                           for k, v in rows.items() if k != label},
             "paired_differences": {"method": "this row minus the other, per clip; mean and 95 % bootstrap interval",
                                    **diffs}}
-
-
-def write_card(folder, entry: dict) -> Path:
-    from soundsight.registry import locate
-
-    card_path = locate(str(folder)) / "card.json"
-    card = json.loads(card_path.read_text())
-    card.setdefault("metrics", {})["test" if entry["split"] == "test" else f"test_{entry['split']}"] = entry
-    tmp = card_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(tmp, card_path)
-    return card_path
 
 
 def main(argv=None) -> int:
@@ -246,14 +229,19 @@ def main(argv=None) -> int:
     if args.card:
         import shlex
 
+        from soundsight.registry import locate, read_card, record_metrics
+
         command = "python -m soundsight_train.forecast_stats " + " ".join(
             shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
         for folder in args.card:
             try:
-                label = row_of(folder, info["models"])
-                if not np.array_equal(ids, np.arange(split_size(info, folder))):
+                found = locate(str(folder))
+                card = read_card(found)
+                label = row_of(card, folder, info["models"])
+                if not np.array_equal(ids, np.arange(split_size(card, folder, info["split"]))):
                     raise ValueError(f"the files cover {info['clips']} clips, not the whole {info['split']} split")
-                path = write_card(folder, card_entry(info, ids, rows, label, command, args.boot))
+                entry = card_entry(info, ids, rows, label, command, args.boot)
+                path = record_metrics(found, "test" if info["split"] == "test" else f"test_{info['split']}", entry)
             except ValueError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
@@ -261,27 +249,22 @@ def main(argv=None) -> int:
     return 0
 
 
-def row_of(folder, models: dict[str, str]) -> str:
-    """The row evaluated with this folder's weights (by checksum: the folder may have been
+def row_of(card: dict, folder, models: dict[str, str]) -> str:
+    """The row evaluated with this card's weights (by checksum: the folder may have been
     renamed or copied into the registry since)."""
-    from soundsight.registry import locate
-
-    sha = json.loads((locate(str(folder)) / "card.json").read_text())["files"]["model.safetensors"]["sha256"]
+    sha = card["files"]["model.safetensors"]["sha256"]
     for label, evaluated in models.items():
         if evaluated == sha:
             return label
     raise ValueError(f"none of these files evaluated {folder}'s weights (models: {', '.join(models)})")
 
 
-def split_size(info: dict, folder) -> int:
+def split_size(card: dict, folder, split: str) -> int:
     """The number of clips in the evaluated split, from the model card's data record."""
-    from soundsight.registry import locate
-
-    card = json.loads((locate(str(folder)) / "card.json").read_text())
     sizes = card.get("data", {}).get("counts", {})
-    if info["split"] not in sizes:
-        raise ValueError(f"{folder}'s card does not say how many {info['split']} clips its data has")
-    return int(sizes[info["split"]])
+    if split not in sizes:
+        raise ValueError(f"{folder}'s card does not say how many {split} clips its data has")
+    return int(sizes[split])
 
 
 if __name__ == "__main__":

@@ -88,8 +88,7 @@ def evaluate(model: RT60Net, feats: list[torch.Tensor], truth: np.ndarray, waves
 
 
 def evaluate_folder(out: Path, ds, args) -> int:
-    from soundsight.outputs import write_bytes_atomic
-    from soundsight.registry import resolve
+    from soundsight.registry import record_metrics, resolve
 
     model = RT60Net.from_registry(resolve(out))
     te = clips(ds, "unseen", "test", args.eval_per_room, args.seed + 1, 4 if args.tiny else None)
@@ -97,9 +96,7 @@ def evaluate_folder(out: Path, ds, args) -> int:
     truth = np.array([ds.rooms[r]["acoustics"]["rt60_speech"] for r, *_ in te])
     res = evaluate(model, featurize(model, waves), truth, waves, ds.sr)
     print(f"unseen rooms x test speech: {json.dumps(res)}", flush=True)
-    card = json.loads((out / "card.json").read_text())
-    card.setdefault("metrics", {})["unseen_rooms_test_speech"] = res
-    write_bytes_atomic(out / "card.json", (json.dumps(card, indent=2) + "\n").encode())
+    record_metrics(out, "unseen_rooms_test_speech", res)
     return 0
 
 
