@@ -282,6 +282,58 @@ def test_physics_head_is_eyring_on_the_room_it_reads():
     assert bool((net.eyring_outputs(aux2, own)[0, :6] > out[:6]).all())
 
 
+def test_material_vocabulary_is_eyring_on_the_true_materials():
+    """With the material vocabulary, one-hot true materials and exact geometry give the room
+    simulator's own Eyring RT60 through the trainer's table (no hand-made rows), and the class
+    marginal of the material logits is the log of the summed probabilities."""
+    from soundsight_plugins.acoustic_match import room_params_net as net
+    from soundsight_train import rooms
+    from soundsight_train.room_params import class_absorption_table
+
+    for where in ("floor", "ceiling", "wall"):  # the head's materials are the room sampler's
+        assert {c: tuple(v[1]) for c, v in rooms.CLASSES[where].items()} == net.MATERIALS[where]
+    voc = "material"
+    table = class_absorption_table(voc)
+    assert table.shape == (net.table_rows(voc)["total"], len(BANDS)) and table.shape[0] == 19 + 12 + 32
+    room = rooms.sample_room(np.random.default_rng([5, 0]))
+    aux = torch.full((1, net.n_aux(voc)), -50.0)
+    aux[0, :4] = torch.tensor([math.log(v) for v in room["dims"]] + [math.log(room["distance"])])
+    k = len(net.GEOMETRY)
+    for s in net.SURFACES:
+        aux[0, k + net.vocabulary_of(s, voc).index(room["materials"][s])] = 50.0
+        k += len(net.vocabulary_of(s, voc))
+    out = net.eyring_outputs(aux, table, voc)[0]
+    cols = [(125, 250, 500, 1000, 2000, 4000, 8000).index(b) for b in BANDS]
+    want = np.asarray(room["eyring_rt60"])[cols]
+    assert torch.allclose(out[1:6].exp(), torch.tensor(want, dtype=torch.float32), rtol=2e-3)
+
+    logits = torch.randn(3, len(net.vocabulary_of("west", voc)))
+    marg = net.class_logits(logits, "west", voc).log_softmax(-1).exp()
+    probs = logits.softmax(-1)
+    idx = net.class_of_entry("west", voc)
+    for c in range(len(net.WALL_CLASSES)):
+        want_c = probs[:, [i for i, ci in enumerate(idx) if ci == c]].sum(-1)
+        assert torch.allclose(marg[:, c], want_c, atol=1e-5)
+
+
+def test_material_vocabulary_trains(tiny_rooms, tmp_path):  # noqa: F811
+    from soundsight.registry import resolve
+    from soundsight_plugins.acoustic_match import room_params_net as net
+    from soundsight_train import room_params
+
+    out = tmp_path / "material"
+    assert room_params.main(["--tiny", "--physics", "--vocabulary", "material", "--data", str(tiny_rooms),
+                             "--out", str(out), "--run-dir", str(tmp_path / "run"), "--threads", "1"]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["config"]["vocabulary"] == "material" and "materials and their classes" in card["training"]["loss"]
+    reading = card["metrics"]["val_seen_rooms"]["model_room_reading"]
+    assert set(reading["material_accuracy"]) == set(reading["class_accuracy"]) == set(net.SURFACES)
+    assert all(0 <= reading[k][s] <= 1 for k in ("class_accuracy", "material_accuracy") for s in net.SURFACES)
+    model = loaders.ARCHITECTURES["room-params"][1](resolve(out), "cpu")
+    assert torch.allclose(model.class_absorption, room_params.class_absorption_table("material"))
+    assert np.isfinite(model.estimate(torch.rand(1, 3, 32, 32))[0]["rt60"])
+
+
 def test_physics_model_trains_on_its_room_reading_and_mirrors_the_side_walls(tiny_rooms, tmp_path):  # noqa: F811
     from soundsight.registry import resolve
     from soundsight_plugins.acoustic_match import room_params_net as net

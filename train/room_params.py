@@ -77,27 +77,33 @@ def targets_for(ds, room_ids) -> tuple[torch.Tensor, list[dict]]:
     return y, meas
 
 
-def aux_targets_for(ds, room_ids) -> torch.Tensor:
-    """(N, 10): log width, depth, height, log speaker distance, then each surface's class index
-    (``room_params_net.SURFACES`` order) -- what the physics head reads off the picture."""
+def aux_targets_for(ds, room_ids, vocabulary: str = "class") -> torch.Tensor:
+    """(N, 10): log width, depth, height, log speaker distance, then each surface's index in the
+    head's vocabulary, its class or its material (``room_params_net.SURFACES`` order) -- what the
+    physics head reads off the picture."""
     rows = []
     for r in room_ids:
         m = ds.rooms[r]
-        cls = [net.surface_classes(s).index(m["classes"][s]) for s in net.SURFACES]
+        key = "classes" if vocabulary == "class" else "materials"
+        cls = [net.vocabulary_of(s, vocabulary).index(m[key][s]) for s in net.SURFACES]
         rows.append([math.log(v) for v in m["dims"]] + [math.log(max(float(m["distance"]), 0.1))] + cls)
     return torch.tensor(rows, dtype=torch.float32)
 
 
-def class_absorption_table() -> torch.Tensor:
-    """(N_CLASS_ROWS, len(BANDS)): each visual class's mean absorption per octave over the
-    materials the room sampler draws for it (uniformly, as ``rooms._pick`` does)."""
+def class_absorption_table(vocabulary: str = "class") -> torch.Tensor:
+    """(rows, len(BANDS)): absorption per octave of each vocabulary entry, in
+    ``room_params_net.table_rows`` order. A class absorbs its materials' mean (the room sampler
+    draws them uniformly, as ``rooms._pick`` does); a material its own."""
     octaves = (125, 250, 500, 1000, 2000, 4000, 8000)
     cols = [octaves.index(b) for b in BANDS]
     rows = []
     for where, names in (("floor", net.FLOOR_CLASSES), ("ceiling", net.CEILING_CLASSES), ("wall", net.WALL_CLASSES)):
         table = rooms_mod.CLASSES[where]
         for c in names:
-            rows.append(np.mean([rooms_mod._absorption(m) for m in table[c][1]], axis=0)[cols])
+            if vocabulary == "class":
+                rows.append(np.mean([rooms_mod._absorption(m) for m in table[c][1]], axis=0)[cols])
+            else:
+                rows += [rooms_mod._absorption(m)[cols] for m in table[c][1]]
     return torch.tensor(np.array(rows), dtype=torch.float32)
 
 
@@ -166,7 +172,7 @@ def extra_training_rooms(folders: list[str], primary: rooms_mod.RoomsData, args,
         pics.append(np.stack([ds.image(r) for r in ids]))
         views.append(extra_views(ds, ids, args.views, run, args.seed, log))
         ys.append(y)
-        auxs.append(aux_targets_for(ds, ids))
+        auxs.append(aux_targets_for(ds, ids, args.vocabulary))
         log(f"extra training rooms: {len(ids)} from {ds.folder}")
     return pics, views, ys, auxs
 
@@ -302,14 +308,21 @@ def room_reading_metrics(model: RoomParamsNet, images: torch.Tensor, target: tor
     """How well the physics head reads the room: relative errors of size and distance, class accuracy."""
     model.eval()
     aux = torch.cat([model.forward_parts(images[i: i + 64])[1] for i in range(0, len(images), 64)])
-    geo, logits = net.split_aux(aux)
+    voc = model.cfg.vocabulary
+    geo, logits = net.split_aux(aux, voc)
     g = len(net.GEOMETRY)
     rel = (geo - target[:, :g]).exp().sub(1).abs().mean(0)  # |predicted / true - 1|
     out = {f"{g[4:]}_mean_rel_error": round(float(v), 4) for g, v in zip(net.GEOMETRY, rel)}
     vol = (geo[:, :3].sum(1) - target[:, :3].sum(1)).exp().sub(1).abs().mean()
     out["volume_mean_rel_error"] = round(float(vol), 4)
-    out["class_accuracy"] = {s: round(float((logits[s].argmax(-1) == target[:, g + k].long()).float().mean()), 4)
-                             for k, s in enumerate(net.SURFACES)}
+    out[f"{voc}_accuracy"] = {s: round(float((logits[s].argmax(-1) == target[:, g + k].long()).float().mean()), 4)
+                              for k, s in enumerate(net.SURFACES)}
+    if voc != "class":  # the class the materials' probabilities add up to
+        out["class_accuracy"] = {}
+        for k, s in enumerate(net.SURFACES):
+            to_class = torch.tensor(net.class_of_entry(s, voc))
+            hit = net.class_logits(logits[s], s, voc).argmax(-1) == to_class[target[:, g + k].long()]
+            out["class_accuracy"][s] = round(float(hit.float().mean()), 4)
     return out
 
 
@@ -322,7 +335,7 @@ def all_metrics(model, ds, train_ids, y_train, train_truth, eval_sets: dict, siz
         imgs = to_tensor(np.stack([ds.image(r) for r in ids]), size)
         res[name] = {
             "model": regression_metrics(predict(model, imgs), truths),
-            **({"model_room_reading": room_reading_metrics(model, imgs, aux_targets_for(ds, ids))}
+            **({"model_room_reading": room_reading_metrics(model, imgs, aux_targets_for(ds, ids, model.cfg.vocabulary))}
                if model.cfg.physics else {}),
             "baseline_training_mean": regression_metrics(mean_predictor(y_train, len(ids)), truths),
             "reference_eyring_true_geometry": regression_metrics(eyring_predictions(ds, ids), truths),
@@ -335,7 +348,9 @@ def all_metrics(model, ds, train_ids, y_train, train_truth, eval_sets: dict, siz
                     "RT60 and critical-distance DRR from the dataset's true dimensions, materials and speaker distance "
                     "(an oracle-ish physics reference, not available from a picture); _calibrated: its median bias "
                     "on the training rooms removed; _class_means_: each surface's visual class's mean absorption instead of "
-                    "its material's (a picture shows the class, not the material: the best a picture can tell Eyring)")
+                    "its material's (the best a reader that tells only the class can do: rooms format 2 drew a texture per "
+                    "class; format 3 draws one per material, and reference_eyring_true_geometry_calibrated is that "
+                    "reader's bound)")
     return res
 
 
@@ -384,6 +399,9 @@ def parse(argv=None):
     ap.add_argument("--physics", action="store_true",
                     help="read the room (size, distance, material classes) off the picture and apply Eyring's "
                          "formula; the direct head only corrects it (room_params_net)")
+    ap.add_argument("--vocabulary", choices=net.VOCABULARIES, default="class",
+                    help="what the physics head names per surface: its class (carpet, brick ...) or its material "
+                         "(carpet_thin, curtains_velvet ...; the renderer draws a texture per material since format 3)")
     ap.add_argument("--aux-weight", type=float, default=1.0, help="weight of the room-reading loss (--physics)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)
@@ -429,7 +447,8 @@ def write_registry(out: Path, model_state, cfg, args, state, metrics, folder, ds
                                   "contrast / colour-gain jitter",
                   "loss": "L1 on log RT60 (speech band + 250 Hz .. 4 kHz octaves) + L1 on DRR / 10 dB"
                           + (f" + {args.aux_weight} x (L1 on log room dimensions and speaker distance + mean "
-                             "cross-entropy of the six surfaces' material classes)" if cfg.physics else ""),
+                             f"cross-entropy of the six surfaces' {'material classes' if cfg.vocabulary == 'class' else 'materials and their classes'})"
+                             if cfg.physics else ""),
                   "targets": "acoustics.rt60_schroeder (T30, speech band and octaves) and acoustics.drr_db of the "
                              "true RIR", "outputs": list(OUTPUTS)},
         metrics=metrics,
@@ -459,7 +478,7 @@ def main(argv=None) -> int:
     if args.tiny:  # a smoke run on whatever dataset is there: a handful of rooms
         train_ids, val_ids, unseen_ids = train_ids[:8], val_ids[:4], unseen_ids[:4]
     y_tr, truth_tr = targets_for(ds, train_ids)
-    a_tr = aux_targets_for(ds, train_ids)
+    a_tr = aux_targets_for(ds, train_ids, args.vocabulary)
     y_val, truth_val = targets_for(ds, val_ids)
     truth_unseen = targets_for(ds, unseen_ids)[1] if unseen_ids else []
     eval_sets = {"val_seen_rooms": (val_ids, truth_val)}
@@ -482,12 +501,12 @@ def main(argv=None) -> int:
     sizes = {k: v for k, v in (("image_size", args.image_size), ("width", args.width),
                                 ("stem_stride", args.stem_stride)) if v}
     if args.physics:
-        sizes.update(physics=True, init_geometry=tuple(round(float(v), 4) for v in a_tr[:, :4].mean(0)))
+        sizes.update(physics=True, vocabulary=args.vocabulary, init_geometry=tuple(round(float(v), 4) for v in a_tr[:, :4].mean(0)))
     cfg = RoomParamsConfig.preset(args.preset, init_log_rt60=round(m_log, 4), init_drr=round(y_tr[:, 6].mean().item(), 4),
                                   **sizes)
     model = RoomParamsNet(cfg)
     if cfg.physics:
-        model.class_absorption.copy_(class_absorption_table())
+        model.class_absorption.copy_(class_absorption_table(cfg.vocabulary))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     S = cfg.image_size
     run.mkdir(parents=True, exist_ok=True)
@@ -539,7 +558,7 @@ def main(argv=None) -> int:
         pred, aux = model.forward_parts(x)
         loss = loss_fn(pred, y_tr[idx])
         if aux is not None:
-            loss = loss + args.aux_weight * aux_loss(aux, mirror_aux_targets(a_tr[idx], flip))
+            loss = loss + args.aux_weight * aux_loss(aux, mirror_aux_targets(a_tr[idx], flip), cfg.vocabulary)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -41,6 +41,10 @@ in metres (tile grids, planks, bricks, curtain folds, window mullions, panel gri
 tiles), a door (2.05 m) on a side or front wall when there is room for it, light fixtures, the
 speaker as a figure (body cylinder, head, shadow) of real size, corner shading, edge lines and
 distance fog: room size, materials and speaker distance are visible. Deterministic by seed.
+Since format 3 each material has its own look within its class (a carpet's pile and pattern, plank
+size, brick pointing, pane size, a curtain's folds and sheerness, panel and ceiling-tile type):
+format 2 drew one texture per class, which hid the absorption differences inside a class (thin
+carpet vs 10 mm felt) from any picture model. The rooms a seed draws are the same in both formats.
 
 Dry speech. espeak-ng (``apt-get install espeak-ng``): sentences from a small grammar, English
 voices x variants, rate 130..200 wpm, pitch 25..75; plus the real recordings when installed:
@@ -113,7 +117,7 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: a texture per material, not per class
 FILES = ("rirs.flac", "images.npz", "speech.flac", "meta.json")
 SR = 16000
 IMAGE_SIZE = 128
@@ -291,7 +295,7 @@ def _palette(rng, cls: str, where: str) -> list:
     if cls == "panels":
         base = [[0.2, 0.2, 0.22], [0.42, 0.42, 0.45], [0.2, 0.3, 0.5], [0.45, 0.2, 0.2], [0.5, 0.45, 0.35]][
             int(rng.integers(5))]
-        return [jitter(base, 0.03), [float(rng.random() < 0.5)]]  # second: foam (1) or fabric panels (0)
+        return [jitter(base, 0.03), [float(rng.random() < 0.5)]]  # unused since format 3; kept so a seed draws the same rooms
     if cls == "acoustic_tile":
         return [jitter([0.9, 0.9, 0.87], 0.02)]
     raise KeyError(cls)
@@ -521,34 +525,44 @@ def _fade(fp, feature: float) -> np.ndarray:
     return np.clip(1.5 - fp / feature, 0.0, 1.0)
 
 
-def _texture(cls: str, where: str, u, v, colours: list, seed: int, extent: tuple, fp) -> tuple[np.ndarray, np.ndarray]:
-    """Colour (N, 3) and emission (N,) of a surface class at texture coordinates u, v (metres).
+def _texture(cls: str, material: str, where: str, u, v, colours: list, seed: int, extent: tuple,
+             fp) -> tuple[np.ndarray, np.ndarray]:
+    """Colour (N, 3) and emission (N,) of a surface at texture coordinates u, v (metres).
 
-    For walls u runs along the wall and v is the height; floors and ceilings use (x, y).
-    ``fp``: pixel footprint in metres at each point (fine detail fades out when unresolved)."""
+    The class sets the kind of texture and ``material`` (one of the class's pyroomacoustics
+    materials) its look: pile and pattern of a carpet, plank size, brick bond and pointing, pane
+    size, fold depth and sheerness of a curtain, panel type. Why per material: the acoustics
+    differ within a class (a thin carpet against 10 mm felt; a sheer against a velvet curtain)
+    and a picture that shows only the class caps what any model can read from it (README). The
+    look's scale is 5-40 cm, visible at 128 px. For walls u runs along the wall and v is the
+    height; floors and ceilings use (x, y). ``fp``: pixel footprint in metres at each point
+    (fine detail fades out when unresolved)."""
     base = np.asarray(colours[0], dtype=np.float64)
+    k = CLASSES[where][cls][1].index(material)
     n = len(u)
     emit = np.zeros(n)
-    one = np.ones(n)
-    if cls == "carpet":
+    if cls == "carpet":  # 9 materials: 3 piles (fine .. shaggy) x 3 patterns (plain, diamond, stripes)
+        pile, kind = k // 3, k % 3
         second = np.asarray(colours[1])
-        mottle = 0.85 + 0.3 * _fbm(u, v, 0.25, seed)
-        grain = 1 + 0.24 * (_hash(np.floor(u / 0.012), np.floor(v / 0.012), seed + 7) - 0.5) * _fade(fp, 0.012)
+        mottle = 1 + [0.15, 0.35, 0.6][pile] * (_fbm(u, v, [0.12, 0.3, 0.6][pile], seed) - 0.5)
+        cell = [0.008, 0.015, 0.03][pile]
+        grain = 1 + [0.12, 0.25, 0.45][pile] * (_hash(np.floor(u / cell), np.floor(v / cell), seed + 7) - 0.5) * _fade(fp, cell)
         pattern = np.zeros(n)
-        kind = seed % 3
         if kind == 1:  # diamond repeat
             pu, pv = np.mod(u, 0.5) - 0.25, np.mod(v, 0.5) - 0.25
             pattern = ((np.abs(pu) + np.abs(pv)) < 0.12).astype(np.float64)
             pattern = np.where(fp > 0.2, 0.115, pattern)
         elif kind == 2:  # stripes
             pattern = _lines(u + 0.3 * v, 0.6, 0.12, fp)
+        second = np.clip(base + 1.8 * (second - base), 0.02, 0.98)
         col = base * (1 - pattern[:, None]) + second * pattern[:, None]
-        return col * (mottle * grain)[:, None], emit
-    if cls == "wood":
-        width = 0.1 + 0.1 * ((seed >> 3) % 5) / 4
+        pile_shadow = [1.0, 0.87, 0.74][pile]  # a deep pile shades itself
+        return col * (pile_shadow * mottle * grain)[:, None], emit
+    if cls == "wood":  # plank width and length per material (wide boards .. short parquet)
+        width = [0.09, 0.14, 0.2, 0.3][k]
+        length = [1.6, 0.6, 2.4, 1.2][k]
         along, across = v, u  # floor planks run away from the camera; wall boards stand upright
         plank = np.floor(across / width)
-        length = 1.6
         offset = _hash(plank, 0 * plank, seed) * length
         seg = np.floor((along + offset) / length)
         tint = 1 + 0.4 * (_hash(plank, seg, seed + 3) - 0.5) * _fade(fp, width)
@@ -557,87 +571,161 @@ def _texture(cls: str, where: str, u, v, colours: list, seed: int, extent: tuple
         shade = tint * grain * (1 - 0.45 * seam)
         return base * shade[:, None], emit
     if cls == "concrete":
-        mottle = 0.8 + 0.35 * _fbm(u, v, 0.6, seed)
-        speck = 1 + 0.14 * (_hash(np.floor(u / 0.01), np.floor(v / 0.01), seed + 9) - 0.5) * _fade(fp, 0.01)
+        rough = material == "rough_concrete"
+        polished = material == "concrete_floor"
+        mottle = 1 + (0.5 if rough else 0.12 if polished else 0.3) * (_fbm(u, v, 0.3 if rough else 0.6, seed) - 0.5)
+        speck = 1 + (0.4 if rough else 0.05 if polished else 0.14) * (
+            _hash(np.floor(u / 0.01), np.floor(v / 0.01), seed + 9) - 0.5) * _fade(fp, 0.01)
+        holes = 0
         if where == "floor":
-            seam = _lines(u, 3.0, 0.015, fp) + _lines(v, 3.0, 0.015, fp)
-            holes = 0
-        else:
+            period = 1.5 if polished else 3.0
+            seam = _lines(u, period, 0.015, fp) + _lines(v, period, 0.015, fp)
+            if polished:  # sealed: lighter, with a soft reflection of the room's light
+                mottle = mottle * (1.1 + 0.15 * np.exp(-((u - extent[0] / 2) ** 2 + (v - extent[1] / 2) ** 2) / 4.0))
+        elif rough:  # board-formed: horizontal board marks every 15 cm
+            seam = 0.6 * _lines(v, 0.15, 0.012, fp) + _lines(u, 2.4, 0.012, fp)
+        else:  # cast panels with tie holes
             seam = _lines(u, 2.4, 0.012, fp) + _lines(v, 1.2, 0.012, fp)
             hu, hv = np.mod(u - 0.3, 0.6) - 0.3, np.mod(v - 0.3, 0.6) - 0.3
             holes = (hu * hu + hv * hv < 0.025 ** 2).astype(np.float64) * _fade(fp, 0.05)
         shade = mottle * speck * (1 - 0.3 * np.clip(seam, 0, 1)) * (1 - 0.5 * holes)
         return base * shade[:, None], emit
     if cls == "tile":
-        size = [0.2, 0.3, 0.45, 0.6][(seed >> 2) % 4] if where == "floor" else [0.1, 0.15, 0.2][(seed >> 2) % 3]
         grout = np.asarray(colours[1])
-        g = np.clip(_lines(u, size, size * 0.06, fp) + _lines(v, size, size * 0.06, fp), 0, 1)
+        if material == "linoleum_on_concrete":  # a sheet: no grout, flecks and seams every 2 m
+            fleck = 1 + 0.2 * (_hash(np.floor(u / 0.02), np.floor(v / 0.02), seed) - 0.5) * _fade(fp, 0.02)
+            seam = _lines(u, 2.0, 0.004, fp)
+            return base * (fleck * (1 - 0.3 * seam))[:, None], emit
+        if material == "limestone_wall":  # large coursed blocks, offset rows, thin joints
+            bw, bh = 0.6, 0.3
+            row = np.floor(v / bh)
+            uu = u + 0.5 * bw * np.mod(row, 2)
+            tint = 1 + 0.15 * (_hash(np.floor(uu / bw), row, seed) - 0.5) * _fade(fp, bh)
+            col = base * (tint * (0.9 + 0.2 * _fbm(u, v, 0.2, seed + 3)))[:, None]
+            g = np.clip(_lines(v, bh, 0.008, fp) + _lines(uu, bw, 0.008, fp), 0, 1)
+            return col * (1 - 0.35 * g[:, None]), emit
+        marble = material == "marble_floor"
+        size = (0.6 if marble else 0.3) if where == "floor" else 0.15
+        g = np.clip(_lines(u, size, size * (0.02 if marble else 0.06), fp)
+                    + _lines(v, size, size * (0.02 if marble else 0.06), fp), 0, 1)
         tint = 1 + 0.1 * (_hash(np.floor(u / size), np.floor(v / size), seed) - 0.5) * _fade(fp, size)
         col = base * tint[:, None]
-        if (seed >> 5) % 3 == 0:  # marble veins
+        if marble:
             vein = np.abs(np.sin(4 * u + 3 * v + 8 * _fbm(u, v, 0.5, seed + 11)))
             col = col * (0.75 + 0.25 * vein ** 0.3)[:, None]
         return col * (1 - g[:, None]) + grout * g[:, None], emit
     if cls == "plaster":
-        shade = 0.96 + 0.06 * _fbm(u, v, 1.0, seed)
+        if material == "rough_lime_wash":
+            shade = 1 + 0.35 * (_fbm(u, v, 0.3, seed) - 0.5)
+        elif material == "hard_surface":  # smooth and even
+            shade = np.ones(n)
+        else:
+            shade = 0.96 + 0.06 * _fbm(u, v, 1.0, seed)
+        if material in ("plasterboard", "ceiling_plasterboard"):  # taped board joints
+            seam = _lines(u, 1.2, 0.04, fp)
+            if material == "ceiling_plasterboard":  # a suspended board grid
+                seam = np.clip(seam + _lines(v, 0.6, 0.04, fp), 0, 1)
+            shade = shade * (1 - 0.25 * seam)
+        if material == "hard_surface" and where not in ("floor", "ceiling"):  # a dado rail at 0.9 m
+            shade = shade * (1 - 0.3 * _lines(v - 0.9, 1e3, 0.04, fp))
         col = base * shade[:, None]
         if where not in ("floor", "ceiling"):  # a skirting board, 10 cm
             sk = (v < 0.1).astype(np.float64)
             col = col * (1 - sk[:, None]) + np.array([0.95, 0.95, 0.93]) * 0.8 * sk[:, None]
         return col, emit
     if cls == "brick":
-        bw, bh, m = 0.225, 0.075, 0.01
+        # brickwork, rough, flush pointing, 10 mm pointing, facing brick
+        bw, bh = (0.29, 0.065) if k == 4 else (0.225, 0.075)
+        m = [0.01, 0.012, 0.004, 0.018, 0.008][k]
+        tint_amp = [0.35, 0.6, 0.25, 0.3, 0.1][k]
+        rough = [0.16, 0.45, 0.1, 0.16, 0.06][k]
+        mortar_col = np.asarray(colours[1]) if k != 2 else base * 0.7
         row = np.floor(v / bh)
         uu = u + 0.5 * bw * np.mod(row, 2)
         col_i = np.floor(uu / bw)
-        tint = 1 + 0.35 * (_hash(col_i, row, seed) - 0.5) * _fade(fp, bh)
+        tint = 1 + tint_amp * (_hash(col_i, row, seed) - 0.5) * _fade(fp, bh)
         mortar = np.clip(_lines(v, bh, m, fp) + _lines(uu, bw, m, fp), 0, 1)
-        col = base * (tint * (0.92 + 0.16 * _noise(u, v, 0.03, seed + 2)))[:, None]
-        return col * (1 - mortar[:, None]) + np.asarray(colours[1]) * mortar[:, None], emit
-    if cls == "glass":
+        col = base * (tint * (1 - rough / 2 + rough * _noise(u, v, 0.03, seed + 2)))[:, None]
+        return col * (1 - mortar[:, None]) + mortar_col * mortar[:, None], emit
+    if cls == "glass":  # glass_3mm, glass_window, double_glazing_30mm, double_glazing_10mm
         sky = np.asarray(colours[0])
         frame = np.asarray(colours[1])
         h_ext = extent[1]
-        pane = 0.9 + 0.6 * ((seed >> 4) % 3) / 2
-        sill = 0.45
+        pane = [2.0, 0.6, 1.2, 0.9][k]
+        bar = [0.03, 0.05, 0.12, 0.08][k]
+        sill = [0.3, 0.9, 0.45, 0.6][k]
         t = np.clip(v / max(h_ext, 1.0), 0, 1)
         col = sky[None, :] * (0.8 + 0.3 * t)[:, None] + 0.08 * _fbm(u, v, 1.5, seed)[:, None]
-        f = np.clip(_lines(u, pane, 0.07, fp) + _lines(v - sill, 1.5, 0.06, fp), 0, 1)
+        f = np.clip(_lines(u, pane, bar, fp) + _lines(v - sill, 1.5 if k != 1 else 0.6, bar, fp), 0, 1)
         below = (v < sill).astype(np.float64)
         f = np.maximum(f, below)
         col = col * (1 - f[:, None]) + frame * f[:, None]
         emit = 0.75 * (1 - f)
         return np.clip(col, 0, 1), emit
     if cls == "curtains":
-        period = 0.12 + 0.12 * ((seed >> 3) % 4) / 3
+        # cotton 0.5, 0.2 (sheer), densely woven, velvet, fabric, fabric folded, studio
+        period = [0.3, 0.4, 0.2, 0.25, 0.35, 0.12, 0.18][k]
+        depth = [0.12, 0.08, 0.2, 0.3, 0.15, 0.3, 0.35][k]
+        sheer = [0.3, 0.5, 0.0, 0.0, 0.1, 0.0, 0.0][k]
         phase = 2 * np.pi * u / period + 1.2 * _noise(u, 0 * u, 0.5, seed)
-        fold = 0.81 + 0.19 * np.cos(phase) * _fade(fp, period / 3)
+        fold = 1 - depth + depth * np.cos(phase) * _fade(fp, period / 3)  # deep folds: darker on average
+        if material == "curtains_velvet":  # a sheen on the fold crests
+            fold = fold + 0.25 * np.clip(np.cos(phase), 0, 1) ** 8 * _fade(fp, period / 3)
         col = base * fold[:, None]
+        emit = np.full(n, sheer)  # daylight through a thin fabric
         top = extent[1]
         rod = _lines(v - (top - 0.095), 1e3, 0.05, fp)
-        return col * (1 - rod[:, None]) + np.array([0.2, 0.2, 0.2]) * rod[:, None], emit
+        col = col * (1 - rod[:, None]) + np.array([0.2, 0.2, 0.2]) * rod[:, None]
+        return col, emit * (1 - rod)
     if cls == "panels":
-        foam = colours[1][0] > 0.5
-        if foam:
+        # fabric 6 pcf (1.2 m panels), fabric 8 pcf (0.6 m), rockwool slabs, slatted fibre absorber, foam
+        if k == 4:
             p = 0.1
             bump = np.abs(np.sin(np.pi * u / p) * np.sin(np.pi * v / p))
             shade = 0.55 + 0.45 * (0.405 + (bump - 0.405) * _fade(fp, p / 2))
             return base * shade[:, None], emit
-        gap = np.clip(_lines(u, 1.2, 0.04, fp) + _lines(v - 0.3, 1.2, 0.04, fp), 0, 1)
+        if k == 3:
+            slat = _lines(u, 0.08, 0.025, fp)
+            return base * (1 - 0.55 * slat)[:, None], emit
+        if k == 2:
+            fibre = 1 + 0.4 * (_hash(np.floor(u / 0.015), np.floor(v / 0.015), seed) - 0.5) * _fade(fp, 0.015)
+            gap = np.clip(_lines(u, 0.6, 0.01, fp) + _lines(v, 1.2, 0.01, fp), 0, 1)
+            return base * (fibre * (0.9 + 0.2 * _fbm(u, v, 0.15, seed + 1)) * (1 - 0.5 * gap))[:, None], emit
+        size = 1.2 if k == 0 else 0.6
+        gap = np.clip(_lines(u, size, 0.04 if k == 0 else 0.07, fp) + _lines(v - 0.3, size, 0.04 if k == 0 else 0.07, fp), 0, 1)
         fabric = 1 + 0.16 * (_hash(np.floor(u / 0.006), np.floor(v / 0.006), seed) - 0.5) * _fade(fp, 0.006)
         col = base * fabric[:, None]
-        return col * (1 - gap[:, None]) + np.array([0.15, 0.15, 0.15]) * gap[:, None], emit
+        frame = np.array([0.15, 0.15, 0.15]) if k == 0 else np.array([0.8, 0.8, 0.78])  # dark gaps / metal frames
+        return col * (1 - gap[:, None]) + frame * gap[:, None], emit
     if cls == "acoustic_tile":
-        grid = np.clip(_lines(u, 0.6, 0.025, fp) + _lines(v, 0.6, 0.025, fp), 0, 1)
-        speck = 1 - 0.25 * (_hash(np.floor(u / 0.008), np.floor(v / 0.008), seed) > 0.8) * _fade(fp, 0.008) - 0.05 * (1 - _fade(fp, 0.008))
+        # fissured, perforated gypsum, fibre absorber, melamine foam, metal panel
+        if k == 3:  # foam wedges
+            p = 0.15
+            wedge = np.abs(np.mod(u / p + 0.5 * np.floor(v / 0.6), 1.0) - 0.5) * 2
+            return base * (0.6 + 0.4 * (0.5 + (wedge - 0.5) * _fade(fp, p / 2)))[:, None], emit
+        if k == 4:  # linear metal strips with a sheen
+            strip = _lines(u, 0.1, 0.012, fp)
+            sheen = 0.9 + 0.15 * np.cos(2 * np.pi * u / 0.1) * _fade(fp, 0.05)
+            return np.clip(base * 0.85 * (sheen * (1 - 0.6 * strip))[:, None], 0, 1), emit
+        tu, tv = (1.2, 0.6) if k == 2 else (0.6, 0.6)
+        grid = np.clip(_lines(u, tu, 0.025, fp) + _lines(v, tv, 0.025, fp), 0, 1)
+        if k == 1:  # perforations: a dot grid, 5 cm
+            du, dv = np.mod(u, 0.05) - 0.025, np.mod(v, 0.05) - 0.025
+            dots = (du * du + dv * dv < 0.008 ** 2).astype(np.float64)
+            speck = 1 - np.where(fp > 0.025, 0.08, 0.6 * dots)
+        elif k == 2:
+            speck = 0.9 + 0.2 * _fbm(u, v, 0.1, seed)
+        else:
+            speck = (1 - 0.25 * (_hash(np.floor(u / 0.008), np.floor(v / 0.008), seed) > 0.8) * _fade(fp, 0.008)
+                     - 0.05 * (1 - _fade(fp, 0.008)))
         col = base * speck[:, None]
         col = col * (1 - grid[:, None]) + np.array([0.75, 0.75, 0.75]) * grid[:, None]
         # light fixtures: every 4th tile in both directions
-        lu, lv = np.floor(u / 0.6), np.floor(v / 0.6)
+        lu, lv = np.floor(u / tu), np.floor(v / tv)
         light = ((np.mod(lu, 4) == 1) & (np.mod(lv, 4) == 1)).astype(np.float64)
         col = col * (1 - light[:, None]) + np.array([1.0, 1.0, 0.97]) * light[:, None]
         return col, np.maximum(emit, light)
-    return base[None, :] * one[:, None], emit
+    raise KeyError(cls)
 
 
 def _camera_basis(cam: dict):
@@ -689,7 +777,8 @@ def render_room(room: dict, size: int = IMAGE_SIZE, supersample: int = 2) -> np.
         else:
             u, v, ext = q[:, 0], q[:, 2], (W, H)
         where = surf if surf in ("floor", "ceiling") else "wall"
-        c, e = _texture(room["classes"][surf], where, u, v, room["colours"][surf], seed + 17 * fi, ext, fp[sel])
+        c, e = _texture(room["classes"][surf], room["materials"][surf], where, u, v, room["colours"][surf],
+                        seed + 17 * fi, ext, fp[sel])
         # ceiling lights for plain ceilings: round fixtures on a 2.4 m grid
         if surf == "ceiling" and room["classes"][surf] != "acoustic_tile":
             lu, lv = np.mod(u - 1.2, 2.4) - 1.2, np.mod(v - 1.2, 2.4) - 1.2

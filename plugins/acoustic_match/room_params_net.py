@@ -19,7 +19,10 @@ height, log speaker distance, and a material class per surface, trained on the d
 geometry and classes), and the parameters come from Eyring's formula on that room, with the
 expected absorption of each surface under its class probabilities (the model carries a table
 of each class's mean absorption per octave, a buffer saved with the weights), plus the
-critical-distance DRR; the direct head only adds a correction, starting at zero. Why: a
+critical-distance DRR; the direct head only adds a correction, starting at zero. With
+``vocabulary="material"`` the head names each surface's material instead of its class (the rooms
+renderer draws a texture per material since its format 3) and the table holds each material's own
+absorption. Why: a
 picture shows a room's size and its surfaces' material classes, and RT60 is a fixed nonlinear
 function of those, which 1500 training pictures teach a plain regressor only roughly. Measured
 (README, same budget): lower validation loss, octave RT60 and DRR errors than the plain
@@ -44,25 +47,96 @@ RT60_NAMES = ("rt60_speech",) + tuple(f"rt60_{b}" for b in BANDS)
 OUTPUTS = RT60_NAMES + ("drr",)
 DRR_SCALE = 10.0  # dB per output unit
 
-# The physics head's vocabulary (== soundsight_train.rooms' classes and air absorption, asserted
-# in the tests). The order of SURFACES is pyroomacoustics'; the camera looks north.
+# The physics head's vocabulary (== soundsight_train.rooms' classes, materials and air absorption,
+# asserted in the tests). The order of SURFACES is pyroomacoustics'; the camera looks north.
 SURFACES = ("floor", "ceiling", "west", "east", "south", "north")
 FLOOR_CLASSES = ("carpet", "wood", "concrete", "tile")
 CEILING_CLASSES = ("plaster", "acoustic_tile", "wood", "concrete")
 WALL_CLASSES = ("plaster", "brick", "concrete", "wood", "tile", "glass", "curtains", "panels")
 AIR_M = (0.0003, 0.0006, 0.001, 0.0024, 0.0068)  # energy attenuation of air (1/m) at BANDS
+# pyroomacoustics materials of each class, in the room sampler's order
+MATERIALS = {
+    "floor": {
+        "carpet": ("carpet_cotton", "carpet_tufted_9.5mm", "carpet_thin", "carpet_6mm_closed_cell_foam",
+                   "carpet_6mm_open_cell_foam", "carpet_tufted_9m", "carpet_soft_10mm", "carpet_hairy", "felt_5mm"),
+        "wood": ("wood_16mm", "audience_floor", "stage_floor", "wood_1.6cm"),
+        "concrete": ("concrete_floor", "rough_concrete", "unpainted_concrete"),
+        "tile": ("ceramic_tiles", "marble_floor", "linoleum_on_concrete"),
+    },
+    "ceiling": {
+        "plaster": ("ceiling_plasterboard", "hard_surface", "plasterboard"),
+        "acoustic_tile": ("ceiling_fissured_tile", "ceiling_perforated_gypsum_board", "ceiling_fibre_absorber",
+                          "ceiling_melamine_foam", "ceiling_metal_panel"),
+        "wood": ("wooden_lining", "wood_16mm"),
+        "concrete": ("rough_concrete", "unpainted_concrete"),
+    },
+    "wall": {
+        "plaster": ("hard_surface", "plasterboard", "rough_lime_wash"),
+        "brick": ("brickwork", "brick_wall_rough", "smooth_brickwork_flush_pointing",
+                  "smooth_brickwork_10mm_pointing", "facing_brick"),
+        "concrete": ("rough_concrete", "unpainted_concrete"),
+        "wood": ("wooden_lining", "wood_1.6cm", "plywood_thin", "wood_16mm"),
+        "tile": ("ceramic_tiles", "limestone_wall"),
+        "glass": ("glass_3mm", "glass_window", "double_glazing_30mm", "double_glazing_10mm"),
+        "curtains": ("curtains_cotton_0.5", "curtains_0.2", "curtains_densely_woven", "curtains_velvet",
+                     "curtains_fabric", "curtains_fabric_folded", "studio_curtains"),
+        "panels": ("panel_fabric_covered_6pcf", "panel_fabric_covered_8pcf", "rockwool_50mm_80kgm3",
+                   "fibre_absorber_1", "mineral_wool_50mm_40kgm3"),
+    },
+}
+# what the head names per surface: its visual class ("class", the first shipped model) or its
+# material ("material": since the renderer draws a texture per material)
+VOCABULARIES = ("class", "material")
+GEOMETRY = ("log_width", "log_depth", "log_height", "log_distance")
+
+
+def group(surface: str) -> str:
+    return surface if surface in ("floor", "ceiling") else "wall"
 
 
 def surface_classes(surface: str) -> tuple:
     return FLOOR_CLASSES if surface == "floor" else CEILING_CLASSES if surface == "ceiling" else WALL_CLASSES
 
 
-# rows of the absorption table: floor classes, ceiling classes, wall classes
-CLASS_ROWS = {"floor": 0, "ceiling": len(FLOOR_CLASSES), "wall": len(FLOOR_CLASSES) + len(CEILING_CLASSES)}
-N_CLASS_ROWS = len(FLOOR_CLASSES) + len(CEILING_CLASSES) + len(WALL_CLASSES)
-# auxiliary outputs: log W, log D, log H (m), log speaker distance (m), then class logits per surface
-GEOMETRY = ("log_width", "log_depth", "log_height", "log_distance")
-N_AUX = len(GEOMETRY) + sum(len(surface_classes(s)) for s in SURFACES)
+def vocabulary_of(surface: str, vocabulary: str = "class") -> tuple:
+    """The names the head scores for ``surface``: its classes, or all its classes' materials in
+    class order (a material name is unique within a group)."""
+    if vocabulary == "class":
+        return surface_classes(surface)
+    if vocabulary != "material":
+        raise ValueError(f"vocabulary must be one of {VOCABULARIES}, got {vocabulary!r}")
+    table = MATERIALS[group(surface)]
+    return tuple(m for c in surface_classes(surface) for m in table[c])
+
+
+def class_of_entry(surface: str, vocabulary: str = "class") -> tuple:
+    """Class index of each vocabulary entry (the identity for "class")."""
+    if vocabulary == "class":
+        return tuple(range(len(surface_classes(surface))))
+    table = MATERIALS[group(surface)]
+    return tuple(i for i, c in enumerate(surface_classes(surface)) for _ in table[c])
+
+
+def table_rows(vocabulary: str = "class") -> dict:
+    """First row of each group (floor, ceiling, wall) in the absorption table, and the total."""
+    rows, k = {}, 0
+    for g in ("floor", "ceiling", "wall"):
+        rows[g] = k
+        k += len(vocabulary_of(g if g != "wall" else "west", vocabulary))
+    rows["total"] = k
+    return rows
+
+
+def n_aux(vocabulary: str = "class") -> int:
+    """Auxiliary outputs: log W, log D, log H (m), log speaker distance (m), then the logits of each
+    surface's vocabulary."""
+    return len(GEOMETRY) + sum(len(vocabulary_of(s, vocabulary)) for s in SURFACES)
+
+
+# the class vocabulary's layout (the first shipped model's)
+CLASS_ROWS = {g: r for g, r in table_rows("class").items() if g != "total"}
+N_CLASS_ROWS = table_rows("class")["total"]
+N_AUX = n_aux("class")
 
 
 @dataclass
@@ -76,6 +150,7 @@ class RoomParamsConfig:
     init_log_rt60: float = math.log(0.7)
     init_drr: float = -0.65
     physics: bool = False  # Eyring on a room read off the picture (module docstring)
+    vocabulary: str = "class"  # what the physics head names per surface: "class" or "material"
     init_geometry: tuple = (1.3, 1.6, 1.1, 0.7)  # offsets of GEOMETRY (the training rooms' means)
 
     @classmethod
@@ -146,14 +221,16 @@ class RoomParamsNet(nn.Module):
                 self.head[-1].bias[len(RT60_NAMES):] = cfg.init_drr
         else:  # the direct head is a correction of the physics estimate: zero at the start
             nn.init.zeros_(self.head[-1].bias)
-            self.aux = nn.Sequential(nn.Linear(2 * c, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, N_AUX))
+            self.aux = nn.Sequential(nn.Linear(2 * c, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, n_aux(cfg.vocabulary)))
             with torch.no_grad():
                 self.aux[-1].weight.mul_(0.1)
                 self.aux[-1].bias.zero_()
                 self.aux[-1].bias[: len(GEOMETRY)] = torch.tensor(cfg.init_geometry, dtype=torch.float32)
-            # mean absorption per class and octave (BANDS); the trainer fills it from the room
-            # simulator's material database and it is saved with the weights
-            self.register_buffer("class_absorption", torch.full((N_CLASS_ROWS, len(BANDS)), 0.1))
+            # absorption per vocabulary entry and octave (BANDS): a class's mean over its materials,
+            # or a material's own; the trainer fills it from the room simulator's material
+            # database and it is saved with the weights (the name is the first model's)
+            rows = table_rows(cfg.vocabulary)["total"]
+            self.register_buffer("class_absorption", torch.full((rows, len(BANDS)), 0.1))
 
     @property
     def image_size(self) -> int:
@@ -180,8 +257,8 @@ class RoomParamsNet(nn.Module):
         return self.forward_parts(image)[0]
 
     def forward_parts(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The outputs and, with ``physics``, the auxiliary room reading (B, N_AUX): GEOMETRY,
-        then each surface's class logits in SURFACES order (None without ``physics``)."""
+        """The outputs and, with ``physics``, the auxiliary room reading (B, n_aux): GEOMETRY,
+        then each surface's vocabulary logits in SURFACES order (None without ``physics``)."""
         x = (image - 0.5) / 0.25
         h = self.body(self.stem(x)).flatten(2)
         feat = torch.cat([h.mean(-1), h.amax(-1)], dim=1)
@@ -189,7 +266,7 @@ class RoomParamsNet(nn.Module):
         if not self.cfg.physics:
             return out, None
         aux = self.aux(feat)
-        return out + eyring_outputs(aux, self.class_absorption), aux
+        return out + eyring_outputs(aux, self.class_absorption, self.cfg.vocabulary), aux
 
     @torch.no_grad()
     def estimate(self, image: torch.Tensor) -> list[dict]:
@@ -202,28 +279,28 @@ class RoomParamsNet(nn.Module):
         return [decode(row) for row in out.float().cpu()]
 
 
-def split_aux(aux: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """(B, N_AUX) -> GEOMETRY columns (B, 4) and {surface: class logits}."""
+def split_aux(aux: torch.Tensor, vocabulary: str = "class") -> tuple[torch.Tensor, dict]:
+    """(B, n_aux) -> GEOMETRY columns (B, 4) and {surface: vocabulary logits}."""
     logits, k = {}, len(GEOMETRY)
     for s in SURFACES:
-        n = len(surface_classes(s))
+        n = len(vocabulary_of(s, vocabulary))
         logits[s] = aux[:, k: k + n]
         k += n
     return aux[:, : len(GEOMETRY)], logits
 
 
-def eyring_outputs(aux: torch.Tensor, class_absorption: torch.Tensor) -> torch.Tensor:
+def eyring_outputs(aux: torch.Tensor, absorption: torch.Tensor, vocabulary: str = "class") -> torch.Tensor:
     """Eyring RT60 per octave (and its geometric mean for the speech band) and the critical-distance
     DRR of the room that ``aux`` describes, in the network's output units. Each surface absorbs
-    its classes' mean absorption weighted by the predicted class probabilities."""
-    geo, logits = split_aux(aux.float())
+    the absorption of its vocabulary's entries weighted by the predicted probabilities."""
+    geo, logits = split_aux(aux.float(), vocabulary)
+    first = table_rows(vocabulary)
     dims = geo[:, :3].clamp(-1.0, 4.0).exp()  # 0.37 .. 55 m: keeps a wild early step finite
     W, D, H = dims[:, 0:1], dims[:, 1:2], dims[:, 2:3]
     areas = {"floor": W * D, "ceiling": W * D, "west": D * H, "east": D * H, "south": W * H, "north": W * H}
     A = 0.0
     for s in SURFACES:
-        where = s if s in ("floor", "ceiling") else "wall"
-        rows = class_absorption[CLASS_ROWS[where]: CLASS_ROWS[where] + len(surface_classes(s))]
+        rows = absorption[first[group(s)]: first[group(s)] + logits[s].shape[1]]
         A = A + areas[s] * (logits[s].softmax(-1) @ rows)
     S = 2 * (W * D + D * H + W * H)
     V = W * D * H
@@ -236,13 +313,34 @@ def eyring_outputs(aux: torch.Tensor, class_absorption: torch.Tensor) -> torch.T
     return torch.cat([speech, log_rt, drr], dim=1).to(aux.dtype)
 
 
-def aux_loss(aux: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L1 on the log geometry + mean cross-entropy of the surfaces' classes. ``target``: (B, 10),
-    GEOMETRY then one class index per surface (as floats)."""
-    geo, logits = split_aux(aux)
+def class_logits(logits: torch.Tensor, surface: str, vocabulary: str) -> torch.Tensor:
+    """A surface's class log-probabilities (up to a constant) from its vocabulary's logits: the
+    log-sum-exp over each class's materials."""
+    if vocabulary == "class":
+        return logits
+    idx = torch.tensor(class_of_entry(surface, vocabulary), device=logits.device)
+    n = len(surface_classes(surface))
+    m = logits.amax(-1, keepdim=True)
+    p = torch.zeros(logits.shape[0], n, dtype=logits.dtype, device=logits.device)
+    p = p.index_add(1, idx, (logits - m).exp())
+    return p.clamp_min(1e-30).log() + m
+
+
+def aux_loss(aux: torch.Tensor, target: torch.Tensor, vocabulary: str = "class") -> torch.Tensor:
+    """L1 on the log geometry + mean cross-entropy of the surfaces' vocabulary entries. ``target``:
+    (B, 10), GEOMETRY then one entry index per surface (as floats). With materials, the
+    cross-entropy of the class (the materials' summed probability) is added: a class is easier to
+    see than a material, and it still teaches the head when the material is ambiguous."""
+    geo, logits = split_aux(aux, vocabulary)
     loss = (geo - target[:, : len(GEOMETRY)]).abs().mean()
-    ce = [F.cross_entropy(logits[s], target[:, len(GEOMETRY) + k].long()) for k, s in enumerate(SURFACES)]
-    return loss + torch.stack(ce).mean()
+    ce = []
+    for k, s in enumerate(SURFACES):
+        t = target[:, len(GEOMETRY) + k].long()
+        ce.append(F.cross_entropy(logits[s], t))
+        if vocabulary != "class":
+            to_class = torch.tensor(class_of_entry(s, vocabulary), device=t.device)
+            ce.append(F.cross_entropy(class_logits(logits[s], s, vocabulary), to_class[t]))
+    return loss + torch.stack(ce).mean() * (1 if vocabulary == "class" else 2)
 
 
 def decode(row) -> dict:
