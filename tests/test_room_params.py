@@ -322,10 +322,11 @@ def test_material_vocabulary_trains(tiny_rooms, tmp_path):  # noqa: F811
     from soundsight_train import room_params
 
     out = tmp_path / "material"
-    assert room_params.main(["--tiny", "--physics", "--vocabulary", "material", "--data", str(tiny_rooms),
+    assert room_params.main(["--tiny", "--physics", "--vocabulary", "material", "--grid", "2", "--data", str(tiny_rooms),
                              "--out", str(out), "--run-dir", str(tmp_path / "run"), "--threads", "1"]) == 0
     card = json.loads((out / "card.json").read_text())
     assert card["config"]["vocabulary"] == "material" and "materials and their classes" in card["training"]["loss"]
+    assert card["config"]["grid"] == 2
     reading = card["metrics"]["val_seen_rooms"]["model_room_reading"]
     assert set(reading["material_accuracy"]) == set(reading["class_accuracy"]) == set(net.SURFACES)
     assert all(0 <= reading[k][s] <= 1 for k in ("class_accuracy", "material_accuracy") for s in net.SURFACES)

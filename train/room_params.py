@@ -395,6 +395,9 @@ def parse(argv=None):
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--image-size", type=int, default=None, help="network input (default: the preset's, 128)")
     ap.add_argument("--width", type=int, default=None, help="network width (default: the preset's, 16)")
+    ap.add_argument("--grid", type=int, default=None,
+                    help="also feed the heads the last feature map pooled to G x G cells (where each surface "
+                         "is in the picture); 0: global pooling only (default)")
     ap.add_argument("--stem-stride", type=int, default=None, choices=(2, 4), help="2 (default) or 4 (stem max-pool)")
     ap.add_argument("--physics", action="store_true",
                     help="read the room (size, distance, material classes) off the picture and apply Eyring's "
@@ -499,7 +502,7 @@ def main(argv=None) -> int:
 
     m_log = y_tr[:, :6].mean().item()
     sizes = {k: v for k, v in (("image_size", args.image_size), ("width", args.width),
-                                ("stem_stride", args.stem_stride)) if v}
+                                ("stem_stride", args.stem_stride), ("grid", args.grid)) if v}
     if args.physics:
         sizes.update(physics=True, vocabulary=args.vocabulary, init_geometry=tuple(round(float(v), 4) for v in a_tr[:, :4].mean(0)))
     cfg = RoomParamsConfig.preset(args.preset, init_log_rt60=round(m_log, 4), init_drr=round(y_tr[:, 6].mean().item(), 4),

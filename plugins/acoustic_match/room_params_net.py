@@ -151,6 +151,11 @@ class RoomParamsConfig:
     init_drr: float = -0.65
     physics: bool = False  # Eyring on a room read off the picture (module docstring)
     vocabulary: str = "class"  # what the physics head names per surface: "class" or "material"
+    # 0: global mean + max pooling only (the first models). G > 0: the heads also see the last
+    # feature map averaged to G x G cells (after a 1 x 1 conv to grid_channels): where a texture
+    # is says which surface it is (floor at the bottom, ceiling at the top, walls at the sides)
+    grid: int = 0
+    grid_channels: int = 16
     init_geometry: tuple = (1.3, 1.6, 1.1, 0.7)  # offsets of GEOMETRY (the training rooms' means)
 
     @classmethod
@@ -212,7 +217,11 @@ class RoomParamsNet(nn.Module):
             blocks.append(BasicBlock(c, cout, 1 if k == 0 else 2))
             c = cout
         self.body = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.Linear(2 * c, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
+        n_feat = 2 * c
+        if cfg.grid:
+            self.to_grid = nn.Sequential(nn.Conv2d(c, cfg.grid_channels, 1, bias=False), _norm(cfg.grid_channels), nn.ReLU())
+            n_feat += cfg.grid_channels * cfg.grid * cfg.grid
+        self.head = nn.Sequential(nn.Linear(n_feat, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
                                   nn.Linear(cfg.hidden, len(OUTPUTS)))
         nn.init.zeros_(self.head[-1].weight)
         if not cfg.physics:  # start at the offsets: the training set's means
@@ -221,7 +230,7 @@ class RoomParamsNet(nn.Module):
                 self.head[-1].bias[len(RT60_NAMES):] = cfg.init_drr
         else:  # the direct head is a correction of the physics estimate: zero at the start
             nn.init.zeros_(self.head[-1].bias)
-            self.aux = nn.Sequential(nn.Linear(2 * c, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, n_aux(cfg.vocabulary)))
+            self.aux = nn.Sequential(nn.Linear(n_feat, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, n_aux(cfg.vocabulary)))
             with torch.no_grad():
                 self.aux[-1].weight.mul_(0.1)
                 self.aux[-1].bias.zero_()
@@ -260,8 +269,12 @@ class RoomParamsNet(nn.Module):
         """The outputs and, with ``physics``, the auxiliary room reading (B, n_aux): GEOMETRY,
         then each surface's vocabulary logits in SURFACES order (None without ``physics``)."""
         x = (image - 0.5) / 0.25
-        h = self.body(self.stem(x)).flatten(2)
-        feat = torch.cat([h.mean(-1), h.amax(-1)], dim=1)
+        fmap = self.body(self.stem(x))
+        h = fmap.flatten(2)
+        feat = [h.mean(-1), h.amax(-1)]
+        if self.cfg.grid:
+            feat.append(F.adaptive_avg_pool2d(self.to_grid(fmap), self.cfg.grid).flatten(1))
+        feat = torch.cat(feat, dim=1)
         out = self.head(feat)
         if not self.cfg.physics:
             return out, None
