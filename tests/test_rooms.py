@@ -100,16 +100,21 @@ def test_materials_render_differently():
             assert np.abs(floors[i][32:] - floors[j][32:]).mean() > 4  # the lower part shows the floor
 
 
-def test_each_material_of_a_class_has_its_own_look():
+def test_material_textures_give_each_material_its_own_look():
     # the acoustics differ within a class (thin carpet vs felt, sheer vs velvet curtains), so the
     # picture must too: same room, same colours, only the material changes
     base = _with_materials(_room(4), dims=(4.0, 6.0, 2.8))
     for where, table in (("wall", rooms.WALLS), ("floor", rooms.FLOOR), ("ceiling", rooms.CEILING)):
         for cls, (_, mats) in table.items():
-            pics = [rooms.render_room(_with_materials(base, **{where: (cls, m)}), size=64).astype(float) for m in mats]
+            pics = [rooms.render_room(_with_materials(base, **{where: (cls, m)}), size=64, textures="material")
+                    for m in mats]
             for i in range(len(pics)):
                 for j in range(i + 1, len(pics)):
-                    assert np.abs(pics[i] - pics[j]).mean() > 0.25, (where, cls, mats[i], mats[j])
+                    assert np.abs(pics[i].astype(float) - pics[j]).mean() > 0.25, (where, cls, mats[i], mats[j])
+            # the default looks show the class only
+            assert all(np.array_equal(rooms.render_room(_with_materials(base, **{where: (cls, m)}), size=64),
+                                      rooms.render_room(_with_materials(base, **{where: (cls, mats[0])}), size=64))
+                       for m in mats[1:])
 
 
 def test_speaker_size_shows_distance_and_room_size_shows():

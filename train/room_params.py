@@ -132,6 +132,7 @@ def jittered_room(room: dict, rng) -> dict:
 def extra_views(ds, room_ids: list[int], views: int, run: Path, seed: int, log=print) -> np.ndarray:
     """uint8 (len(room_ids), views, S, S, 3), rendered once and cached in the run folder."""
     S = int(ds.meta.get("image_size", rooms_mod.IMAGE_SIZE))
+    textures = (ds.meta.get("spec") or {}).get("textures", "class")  # the dataset's own looks
     if views <= 0:
         return np.zeros((len(room_ids), 0, S, S, 3), np.uint8)
     key = hashlib.sha256(json.dumps([ds.folder.name, room_ids, views, seed, S]).encode()).hexdigest()[:12]
@@ -144,7 +145,7 @@ def extra_views(ds, room_ids: list[int], views: int, run: Path, seed: int, log=p
     for i, r in enumerate(room_ids):
         rng = np.random.default_rng([seed, 13, r])
         for v in range(views):
-            out[i, v] = rooms_mod.render_room(jittered_room(ds.rooms[r], rng), size=S)
+            out[i, v] = rooms_mod.render_room(jittered_room(ds.rooms[r], rng), size=S, textures=textures)
     run.mkdir(parents=True, exist_ok=True)
     tmp = run / f".{cache.name}.tmp.npz"
     np.savez_compressed(tmp, views=out)
@@ -164,6 +165,9 @@ def extra_training_rooms(folders: list[str], primary: rooms_mod.RoomsData, args,
         if ds.meta.get("seed") == primary.meta.get("seed"):
             raise SystemExit(f"error: --extra-data {ds.folder} has the same seed as --data "
                              f"({ds.meta.get('seed')}): its rooms would repeat the evaluation's unseen rooms")
+        looks = [(d.meta.get("spec") or {}).get("textures", "class") for d in (ds, primary)]
+        if looks[0] != looks[1]:
+            raise SystemExit(f"error: --extra-data {ds.folder} has {looks[0]} textures, --data has {looks[1]}")
         if ds.meta.get("image_size") != primary.meta.get("image_size"):
             raise SystemExit(f"error: --extra-data {ds.folder}: pictures of {ds.meta.get('image_size')} px, "
                              f"--data's are {primary.meta.get('image_size')} px")

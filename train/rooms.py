@@ -41,10 +41,11 @@ in metres (tile grids, planks, bricks, curtain folds, window mullions, panel gri
 tiles), a door (2.05 m) on a side or front wall when there is room for it, light fixtures, the
 speaker as a figure (body cylinder, head, shadow) of real size, corner shading, edge lines and
 distance fog: room size, materials and speaker distance are visible. Deterministic by seed.
-Since format 3 each material has its own look within its class (a carpet's pile and pattern, plank
-size, brick pointing, pane size, a curtain's folds and sheerness, panel and ceiling-tile type):
-format 2 drew one texture per class, which hid the absorption differences inside a class (thin
-carpet vs 10 mm felt) from any picture model. The rooms a seed draws are the same in both formats.
+``--textures material`` gives each material its own look within its class (a carpet's pile and
+pattern, plank size, brick pointing, pane size, a curtain's folds and sheerness, panel and
+ceiling-tile type); the default draws one look per class, which hides the absorption
+differences inside a class (thin carpet vs 10 mm felt) from any picture model. The rooms and
+RIRs a seed draws are the same with both.
 
 Dry speech. espeak-ng (``apt-get install espeak-ng``): sentences from a small grammar, English
 voices x variants, rate 130..200 wpm, pitch 25..75; plus the real recordings when installed:
@@ -117,7 +118,7 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 3  # 3: a texture per material, not per class
+FORMAT_VERSION = 2
 FILES = ("rirs.flac", "images.npz", "speech.flac", "meta.json")
 SR = 16000
 IMAGE_SIZE = 128
@@ -125,6 +126,7 @@ DIRECT_INDEX = 32  # samples (2 ms at 16 kHz) kept before the direct-path peak
 MAX_RIR_S = 4.0
 N_RAYS = 2000  # at least; more in big rooms (ray_budget)
 SPEECH_RMS = 0.05
+TEXTURES = ("class", "material")  # the picture's looks: one per material class, or one per material
 SURFACES = ("floor", "ceiling", "west", "east", "south", "north")  # pyroomacoustics names
 # west = x = 0 (left of the camera), east = x = W (right), south = y = 0 (behind the camera),
 # north = y = D (in front).
@@ -198,13 +200,17 @@ class RoomsSpec:
     image_size: int = IMAGE_SIZE
     n_rays: int = N_RAYS
     real_speech: int = 200  # at most this many installed recordings (0: none)
+    textures: str = "class"  # TEXTURES: the pictures' looks (the rooms and RIRs are the same)
 
     def name(self, seed: int) -> str:
         base = f"rooms-{self.rooms}r-s{seed}"
         default = RoomsSpec(rooms=self.rooms)
         if self == default:
             return base
-        digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:8]
+        fields = asdict(self)
+        if self.textures == "class":  # the default: names from before the option stay valid
+            del fields["textures"]
+        digest = hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
         return f"{base}-{digest}"
 
 
@@ -525,9 +531,130 @@ def _fade(fp, feature: float) -> np.ndarray:
     return np.clip(1.5 - fp / feature, 0.0, 1.0)
 
 
-def _texture(cls: str, material: str, where: str, u, v, colours: list, seed: int, extent: tuple,
-             fp) -> tuple[np.ndarray, np.ndarray]:
-    """Colour (N, 3) and emission (N,) of a surface at texture coordinates u, v (metres).
+def _texture_by_class(cls: str, where: str, u, v, colours: list, seed: int, extent: tuple, fp) -> tuple[np.ndarray, np.ndarray]:
+    """Colour (N, 3) and emission (N,) of a surface class at texture coordinates u, v (metres): one
+    look per class (``textures="class"``, the default; the shipped models' pictures).
+
+    For walls u runs along the wall and v is the height; floors and ceilings use (x, y).
+    ``fp``: pixel footprint in metres at each point (fine detail fades out when unresolved)."""
+    base = np.asarray(colours[0], dtype=np.float64)
+    n = len(u)
+    emit = np.zeros(n)
+    one = np.ones(n)
+    if cls == "carpet":
+        second = np.asarray(colours[1])
+        mottle = 0.85 + 0.3 * _fbm(u, v, 0.25, seed)
+        grain = 1 + 0.24 * (_hash(np.floor(u / 0.012), np.floor(v / 0.012), seed + 7) - 0.5) * _fade(fp, 0.012)
+        pattern = np.zeros(n)
+        kind = seed % 3
+        if kind == 1:  # diamond repeat
+            pu, pv = np.mod(u, 0.5) - 0.25, np.mod(v, 0.5) - 0.25
+            pattern = ((np.abs(pu) + np.abs(pv)) < 0.12).astype(np.float64)
+            pattern = np.where(fp > 0.2, 0.115, pattern)
+        elif kind == 2:  # stripes
+            pattern = _lines(u + 0.3 * v, 0.6, 0.12, fp)
+        col = base * (1 - pattern[:, None]) + second * pattern[:, None]
+        return col * (mottle * grain)[:, None], emit
+    if cls == "wood":
+        width = 0.1 + 0.1 * ((seed >> 3) % 5) / 4
+        along, across = v, u  # floor planks run away from the camera; wall boards stand upright
+        plank = np.floor(across / width)
+        length = 1.6
+        offset = _hash(plank, 0 * plank, seed) * length
+        seg = np.floor((along + offset) / length)
+        tint = 1 + 0.4 * (_hash(plank, seg, seed + 3) - 0.5) * _fade(fp, width)
+        grain = 1 + 0.08 * np.sin(2 * np.pi * (across / 0.03 + 4 * _noise(along * 0.3, across, 0.4, seed + 5))) * _fade(fp, 0.015)
+        seam = np.maximum(_lines(across, width, 0.006, fp), _lines(along + offset, length, 0.006, fp))
+        shade = tint * grain * (1 - 0.45 * seam)
+        return base * shade[:, None], emit
+    if cls == "concrete":
+        mottle = 0.8 + 0.35 * _fbm(u, v, 0.6, seed)
+        speck = 1 + 0.14 * (_hash(np.floor(u / 0.01), np.floor(v / 0.01), seed + 9) - 0.5) * _fade(fp, 0.01)
+        if where == "floor":
+            seam = _lines(u, 3.0, 0.015, fp) + _lines(v, 3.0, 0.015, fp)
+            holes = 0
+        else:
+            seam = _lines(u, 2.4, 0.012, fp) + _lines(v, 1.2, 0.012, fp)
+            hu, hv = np.mod(u - 0.3, 0.6) - 0.3, np.mod(v - 0.3, 0.6) - 0.3
+            holes = (hu * hu + hv * hv < 0.025 ** 2).astype(np.float64) * _fade(fp, 0.05)
+        shade = mottle * speck * (1 - 0.3 * np.clip(seam, 0, 1)) * (1 - 0.5 * holes)
+        return base * shade[:, None], emit
+    if cls == "tile":
+        size = [0.2, 0.3, 0.45, 0.6][(seed >> 2) % 4] if where == "floor" else [0.1, 0.15, 0.2][(seed >> 2) % 3]
+        grout = np.asarray(colours[1])
+        g = np.clip(_lines(u, size, size * 0.06, fp) + _lines(v, size, size * 0.06, fp), 0, 1)
+        tint = 1 + 0.1 * (_hash(np.floor(u / size), np.floor(v / size), seed) - 0.5) * _fade(fp, size)
+        col = base * tint[:, None]
+        if (seed >> 5) % 3 == 0:  # marble veins
+            vein = np.abs(np.sin(4 * u + 3 * v + 8 * _fbm(u, v, 0.5, seed + 11)))
+            col = col * (0.75 + 0.25 * vein ** 0.3)[:, None]
+        return col * (1 - g[:, None]) + grout * g[:, None], emit
+    if cls == "plaster":
+        shade = 0.96 + 0.06 * _fbm(u, v, 1.0, seed)
+        col = base * shade[:, None]
+        if where not in ("floor", "ceiling"):  # a skirting board, 10 cm
+            sk = (v < 0.1).astype(np.float64)
+            col = col * (1 - sk[:, None]) + np.array([0.95, 0.95, 0.93]) * 0.8 * sk[:, None]
+        return col, emit
+    if cls == "brick":
+        bw, bh, m = 0.225, 0.075, 0.01
+        row = np.floor(v / bh)
+        uu = u + 0.5 * bw * np.mod(row, 2)
+        col_i = np.floor(uu / bw)
+        tint = 1 + 0.35 * (_hash(col_i, row, seed) - 0.5) * _fade(fp, bh)
+        mortar = np.clip(_lines(v, bh, m, fp) + _lines(uu, bw, m, fp), 0, 1)
+        col = base * (tint * (0.92 + 0.16 * _noise(u, v, 0.03, seed + 2)))[:, None]
+        return col * (1 - mortar[:, None]) + np.asarray(colours[1]) * mortar[:, None], emit
+    if cls == "glass":
+        sky = np.asarray(colours[0])
+        frame = np.asarray(colours[1])
+        h_ext = extent[1]
+        pane = 0.9 + 0.6 * ((seed >> 4) % 3) / 2
+        sill = 0.45
+        t = np.clip(v / max(h_ext, 1.0), 0, 1)
+        col = sky[None, :] * (0.8 + 0.3 * t)[:, None] + 0.08 * _fbm(u, v, 1.5, seed)[:, None]
+        f = np.clip(_lines(u, pane, 0.07, fp) + _lines(v - sill, 1.5, 0.06, fp), 0, 1)
+        below = (v < sill).astype(np.float64)
+        f = np.maximum(f, below)
+        col = col * (1 - f[:, None]) + frame * f[:, None]
+        emit = 0.75 * (1 - f)
+        return np.clip(col, 0, 1), emit
+    if cls == "curtains":
+        period = 0.12 + 0.12 * ((seed >> 3) % 4) / 3
+        phase = 2 * np.pi * u / period + 1.2 * _noise(u, 0 * u, 0.5, seed)
+        fold = 0.81 + 0.19 * np.cos(phase) * _fade(fp, period / 3)
+        col = base * fold[:, None]
+        top = extent[1]
+        rod = _lines(v - (top - 0.095), 1e3, 0.05, fp)
+        return col * (1 - rod[:, None]) + np.array([0.2, 0.2, 0.2]) * rod[:, None], emit
+    if cls == "panels":
+        foam = colours[1][0] > 0.5
+        if foam:
+            p = 0.1
+            bump = np.abs(np.sin(np.pi * u / p) * np.sin(np.pi * v / p))
+            shade = 0.55 + 0.45 * (0.405 + (bump - 0.405) * _fade(fp, p / 2))
+            return base * shade[:, None], emit
+        gap = np.clip(_lines(u, 1.2, 0.04, fp) + _lines(v - 0.3, 1.2, 0.04, fp), 0, 1)
+        fabric = 1 + 0.16 * (_hash(np.floor(u / 0.006), np.floor(v / 0.006), seed) - 0.5) * _fade(fp, 0.006)
+        col = base * fabric[:, None]
+        return col * (1 - gap[:, None]) + np.array([0.15, 0.15, 0.15]) * gap[:, None], emit
+    if cls == "acoustic_tile":
+        grid = np.clip(_lines(u, 0.6, 0.025, fp) + _lines(v, 0.6, 0.025, fp), 0, 1)
+        speck = 1 - 0.25 * (_hash(np.floor(u / 0.008), np.floor(v / 0.008), seed) > 0.8) * _fade(fp, 0.008) - 0.05 * (1 - _fade(fp, 0.008))
+        col = base * speck[:, None]
+        col = col * (1 - grid[:, None]) + np.array([0.75, 0.75, 0.75]) * grid[:, None]
+        # light fixtures: every 4th tile in both directions
+        lu, lv = np.floor(u / 0.6), np.floor(v / 0.6)
+        light = ((np.mod(lu, 4) == 1) & (np.mod(lv, 4) == 1)).astype(np.float64)
+        col = col * (1 - light[:, None]) + np.array([1.0, 1.0, 0.97]) * light[:, None]
+        return col, np.maximum(emit, light)
+    return base[None, :] * one[:, None], emit
+
+
+def _texture_by_material(cls: str, material: str, where: str, u, v, colours: list, seed: int, extent: tuple,
+                         fp) -> tuple[np.ndarray, np.ndarray]:
+    """Colour (N, 3) and emission (N,) of a surface at texture coordinates u, v (metres), with a
+    look per material (``textures="material"``).
 
     The class sets the kind of texture and ``material`` (one of the class's pyroomacoustics
     materials) its look: pile and pattern of a carpet, plank size, brick bond and pointing, pane
@@ -736,8 +863,11 @@ def _camera_basis(cam: dict):
     return f, r, u
 
 
-def render_room(room: dict, size: int = IMAGE_SIZE, supersample: int = 2) -> np.ndarray:
-    """uint8 (size, size, 3) picture of the room from the microphone. Deterministic."""
+def render_room(room: dict, size: int = IMAGE_SIZE, supersample: int = 2, textures: str = "class") -> np.ndarray:
+    """uint8 (size, size, 3) picture of the room from the microphone. Deterministic. ``textures``:
+    "class" (one look per class) or "material" (one per material: ``_texture_by_material``)."""
+    if textures not in TEXTURES:
+        raise ValueError(f"textures must be one of {TEXTURES}, got {textures!r}")
     W, D, H = room["dims"]
     S = size * supersample
     cam = room["camera"]
@@ -777,8 +907,12 @@ def render_room(room: dict, size: int = IMAGE_SIZE, supersample: int = 2) -> np.
         else:
             u, v, ext = q[:, 0], q[:, 2], (W, H)
         where = surf if surf in ("floor", "ceiling") else "wall"
-        c, e = _texture(room["classes"][surf], room["materials"][surf], where, u, v, room["colours"][surf],
-                        seed + 17 * fi, ext, fp[sel])
+        if textures == "material":
+            c, e = _texture_by_material(room["classes"][surf], room["materials"][surf], where, u, v,
+                                        room["colours"][surf], seed + 17 * fi, ext, fp[sel])
+        else:
+            c, e = _texture_by_class(room["classes"][surf], where, u, v, room["colours"][surf], seed + 17 * fi, ext,
+                                     fp[sel])
         # ceiling lights for plain ceilings: round fixtures on a 2.4 m grid
         if surf == "ceiling" and room["classes"][surf] != "acoustic_tile":
             lu, lv = np.mod(u - 1.2, 2.4) - 1.2, np.mod(v - 1.2, 2.4) - 1.2
@@ -1069,7 +1203,7 @@ def build_speech_bank(n_espeak: int, seed: int, *, real: int = 200, test_frac: f
 
 
 def _room_job(args) -> dict:
-    i, seed, n_rays, size = args
+    i, seed, n_rays, size, textures = args
     rng = np.random.default_rng([seed, i])
     room = sample_room(rng)
     h, t_sim = simulate_rir(room, seed=int(rng.integers(2 ** 31)), n_rays=n_rays)
@@ -1078,7 +1212,7 @@ def _room_job(args) -> dict:
     acoustics = measure(h)
     t_meas = time.perf_counter() - t0
     t0 = time.perf_counter()
-    img = render_room(room, size=size)
+    img = render_room(room, size=size, textures=textures)
     t_render = time.perf_counter() - t0
     room.update(index=i, gain=round(g, 6), acoustics=acoustics,
                 timing={"simulate": round(t_sim, 3), "measure": round(t_meas, 3), "render": round(t_render, 3)})
@@ -1104,7 +1238,7 @@ def build(spec: RoomsSpec, seed: int = 0, *, data_dir=None, force: bool = False,
     # that never happens after the rooms' minutes of simulation
     bank, speech = build_speech_bank(spec.speech, seed, real=spec.real_speech, test_frac=spec.test_speech_frac, log=log)
     t_speech = time.perf_counter() - t_start
-    jobs = [(i, seed, spec.n_rays, spec.image_size) for i in range(spec.rooms)]
+    jobs = [(i, seed, spec.n_rays, spec.image_size, spec.textures) for i in range(spec.rooms)]
     results = []
     if workers > 1:
         import multiprocessing as mp
@@ -1404,6 +1538,9 @@ def main(argv=None) -> int:
     b.add_argument("--rays", type=int, default=N_RAYS)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--workers", type=int, default=1)
+    b.add_argument("--textures", choices=TEXTURES, default="class",
+                   help="the pictures' looks: one per material class (default; the shipped models' data) or one per "
+                        "pyroomacoustics material (pile, planks, pointing, panes, folds ...); the rooms are the same")
     b.add_argument("--data", default=None, help="data dir (default $SOUNDSIGHT_DATA or ~/.cache/soundsight/data)")
     b.add_argument("--force", action="store_true")
     for name, hlp in (("show", "write a grid of pictures and dry/wet wavs"), ("stats", "RT60 / DRR distributions")):
@@ -1418,7 +1555,8 @@ def main(argv=None) -> int:
             p.add_argument("--split", default="all", choices=("all", "seen", "unseen"))
     args = ap.parse_args(argv)
     if args.cmd == "build":
-        spec = RoomsSpec(rooms=args.rooms, speech=args.speech, n_rays=args.rays, real_speech=args.real_speech)
+        spec = RoomsSpec(rooms=args.rooms, speech=args.speech, n_rays=args.rays, real_speech=args.real_speech,
+                         textures=args.textures)
         missing = missing_speech_packages()
         if missing:
             print("note: not installed (apt-get install " + " ".join(missing) + ")", file=sys.stderr)
