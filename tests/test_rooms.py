@@ -9,6 +9,7 @@ synthetic speech-like signal stands in for espeak-ng, so only the espeak test it
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -340,3 +341,13 @@ def test_build_without_speech_fails_before_simulating_any_room(tmp_path, monkeyp
     with pytest.raises(RuntimeError, match="no dry speech"):
         rooms.build(rooms.RoomsSpec(rooms=3, speech=0, real_speech=0), seed=5, data_dir=tmp_path, log=lambda *a: None)
     assert not list(tmp_path.glob("*/meta.json"))
+
+
+def test_find_rooms_uses_a_material_looks_build_only_when_named(tmp_path):
+    from soundsight_train.avitar import find_rooms
+
+    for name, looks in (("rooms-400r-s0", "class"), ("rooms-400r-s0-eef3c1fd", "material")):  # the newest last
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "meta.json").write_text(json.dumps({"spec": {"textures": looks}}))
+    assert find_rooms(str(tmp_path), False).name == "rooms-400r-s0"
+    assert find_rooms(str(tmp_path / "rooms-400r-s0-eef3c1fd"), False).name == "rooms-400r-s0-eef3c1fd"

@@ -324,7 +324,13 @@ def find_rooms(data: str | None, tiny: bool) -> Path:
     if data and (Path(data) / "meta.json").is_file():
         return Path(data)
     base = Path(data) if data else rooms_mod.default_data_dir()
-    found = sorted(base.glob("rooms-*r-s*/meta.json"), key=lambda p: p.stat().st_mtime)
+    def default_looks(meta: Path) -> bool:  # a --textures material build is only used when named
+        try:
+            return (json.loads(meta.read_text()).get("spec") or {}).get("textures", "class") == "class"
+        except (OSError, ValueError):
+            return False
+
+    found = sorted(base.glob("rooms-*r-s*/meta.json"), key=lambda p: (default_looks(p), p.stat().st_mtime))
     if tiny and not found:
         # a throwaway dataset small enough for a smoke run
         return rooms_mod.build(rooms_mod.RoomsSpec(rooms=6, speech=8, real_speech=0, n_rays=500), seed=0, data_dir=base)
