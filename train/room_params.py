@@ -352,9 +352,9 @@ def all_metrics(model, ds, train_ids, y_train, train_truth, eval_sets: dict, siz
                     "RT60 and critical-distance DRR from the dataset's true dimensions, materials and speaker distance "
                     "(an oracle-ish physics reference, not available from a picture); _calibrated: its median bias "
                     "on the training rooms removed; _class_means_: each surface's visual class's mean absorption instead of "
-                    "its material's (the best a reader that tells only the class can do: rooms format 2 drew a texture per "
-                    "class; format 3 draws one per material, and reference_eyring_true_geometry_calibrated is that "
-                    "reader's bound)")
+                    "its material's (the best a reader that tells only the class can do: the default rooms build draws one "
+                    "look per class; on pictures from rooms build --textures material the bound is "
+                    "reference_eyring_true_geometry_calibrated)")
     return res
 
 
@@ -408,7 +408,7 @@ def parse(argv=None):
                          "formula; the direct head only corrects it (room_params_net)")
     ap.add_argument("--vocabulary", choices=net.VOCABULARIES, default="class",
                     help="what the physics head names per surface: its class (carpet, brick ...) or its material "
-                         "(carpet_thin, curtains_velvet ...; the renderer draws a texture per material since format 3)")
+                         "(carpet_thin, curtains_velvet ...; useful on pictures from rooms build --textures material)")
     ap.add_argument("--aux-weight", type=float, default=1.0, help="weight of the room-reading loss (--physics)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)

@@ -301,7 +301,7 @@ def _palette(rng, cls: str, where: str) -> list:
     if cls == "panels":
         base = [[0.2, 0.2, 0.22], [0.42, 0.42, 0.45], [0.2, 0.3, 0.5], [0.45, 0.2, 0.2], [0.5, 0.45, 0.35]][
             int(rng.integers(5))]
-        return [jitter(base, 0.03), [float(rng.random() < 0.5)]]  # unused since format 3; kept so a seed draws the same rooms
+        return [jitter(base, 0.03), [float(rng.random() < 0.5)]]  # panels: foam (1) or fabric (0), class looks only
     if cls == "acoustic_tile":
         return [jitter([0.9, 0.9, 0.87], 0.02)]
     raise KeyError(cls)
@@ -531,6 +531,36 @@ def _fade(fp, feature: float) -> np.ndarray:
     return np.clip(1.5 - fp / feature, 0.0, 1.0)
 
 
+def _tie_holes(u, v, fp) -> np.ndarray:
+    """The formwork tie holes of cast concrete walls: 5 cm dots on a 60 cm grid."""
+    hu, hv = np.mod(u - 0.3, 0.6) - 0.3, np.mod(v - 0.3, 0.6) - 0.3
+    return (hu * hu + hv * hv < 0.025 ** 2).astype(np.float64) * _fade(fp, 0.05)
+
+
+def _carpet_pattern(u, v, kind: int, fp) -> np.ndarray:
+    """Where a carpet shows its second colour: 0 plain, 1 a diamond repeat, 2 diagonal stripes."""
+    if kind == 1:
+        pu, pv = np.mod(u, 0.5) - 0.25, np.mod(v, 0.5) - 0.25
+        pattern = ((np.abs(pu) + np.abs(pv)) < 0.12).astype(np.float64)
+        return np.where(fp > 0.2, 0.115, pattern)
+    if kind == 2:
+        return _lines(u + 0.3 * v, 0.6, 0.12, fp)
+    return np.zeros(len(u))
+
+
+def _planks(u, v, width: float, length: float, seed: int, fp) -> np.ndarray:
+    """Shade of wooden planks: staggered boards ``width`` x ``length`` with tint, grain and seams.
+    Floor planks run away from the camera; wall boards stand upright."""
+    along, across = v, u
+    plank = np.floor(across / width)
+    offset = _hash(plank, 0 * plank, seed) * length
+    seg = np.floor((along + offset) / length)
+    tint = 1 + 0.4 * (_hash(plank, seg, seed + 3) - 0.5) * _fade(fp, width)
+    grain = 1 + 0.08 * np.sin(2 * np.pi * (across / 0.03 + 4 * _noise(along * 0.3, across, 0.4, seed + 5))) * _fade(fp, 0.015)
+    seam = np.maximum(_lines(across, width, 0.006, fp), _lines(along + offset, length, 0.006, fp))
+    return tint * grain * (1 - 0.45 * seam)
+
+
 def _texture_by_class(cls: str, where: str, u, v, colours: list, seed: int, extent: tuple, fp) -> tuple[np.ndarray, np.ndarray]:
     """Colour (N, 3) and emission (N,) of a surface class at texture coordinates u, v (metres): one
     look per class (``textures="class"``, the default; the shipped models' pictures).
@@ -545,28 +575,11 @@ def _texture_by_class(cls: str, where: str, u, v, colours: list, seed: int, exte
         second = np.asarray(colours[1])
         mottle = 0.85 + 0.3 * _fbm(u, v, 0.25, seed)
         grain = 1 + 0.24 * (_hash(np.floor(u / 0.012), np.floor(v / 0.012), seed + 7) - 0.5) * _fade(fp, 0.012)
-        pattern = np.zeros(n)
-        kind = seed % 3
-        if kind == 1:  # diamond repeat
-            pu, pv = np.mod(u, 0.5) - 0.25, np.mod(v, 0.5) - 0.25
-            pattern = ((np.abs(pu) + np.abs(pv)) < 0.12).astype(np.float64)
-            pattern = np.where(fp > 0.2, 0.115, pattern)
-        elif kind == 2:  # stripes
-            pattern = _lines(u + 0.3 * v, 0.6, 0.12, fp)
+        pattern = _carpet_pattern(u, v, seed % 3, fp)
         col = base * (1 - pattern[:, None]) + second * pattern[:, None]
         return col * (mottle * grain)[:, None], emit
     if cls == "wood":
-        width = 0.1 + 0.1 * ((seed >> 3) % 5) / 4
-        along, across = v, u  # floor planks run away from the camera; wall boards stand upright
-        plank = np.floor(across / width)
-        length = 1.6
-        offset = _hash(plank, 0 * plank, seed) * length
-        seg = np.floor((along + offset) / length)
-        tint = 1 + 0.4 * (_hash(plank, seg, seed + 3) - 0.5) * _fade(fp, width)
-        grain = 1 + 0.08 * np.sin(2 * np.pi * (across / 0.03 + 4 * _noise(along * 0.3, across, 0.4, seed + 5))) * _fade(fp, 0.015)
-        seam = np.maximum(_lines(across, width, 0.006, fp), _lines(along + offset, length, 0.006, fp))
-        shade = tint * grain * (1 - 0.45 * seam)
-        return base * shade[:, None], emit
+        return base * _planks(u, v, 0.1 + 0.1 * ((seed >> 3) % 5) / 4, 1.6, seed, fp)[:, None], emit
     if cls == "concrete":
         mottle = 0.8 + 0.35 * _fbm(u, v, 0.6, seed)
         speck = 1 + 0.14 * (_hash(np.floor(u / 0.01), np.floor(v / 0.01), seed + 9) - 0.5) * _fade(fp, 0.01)
@@ -575,8 +588,7 @@ def _texture_by_class(cls: str, where: str, u, v, colours: list, seed: int, exte
             holes = 0
         else:
             seam = _lines(u, 2.4, 0.012, fp) + _lines(v, 1.2, 0.012, fp)
-            hu, hv = np.mod(u - 0.3, 0.6) - 0.3, np.mod(v - 0.3, 0.6) - 0.3
-            holes = (hu * hu + hv * hv < 0.025 ** 2).astype(np.float64) * _fade(fp, 0.05)
+            holes = _tie_holes(u, v, fp)
         shade = mottle * speck * (1 - 0.3 * np.clip(seam, 0, 1)) * (1 - 0.5 * holes)
         return base * shade[:, None], emit
     if cls == "tile":
@@ -674,29 +686,13 @@ def _texture_by_material(cls: str, material: str, where: str, u, v, colours: lis
         mottle = 1 + [0.15, 0.35, 0.6][pile] * (_fbm(u, v, [0.12, 0.3, 0.6][pile], seed) - 0.5)
         cell = [0.008, 0.015, 0.03][pile]
         grain = 1 + [0.12, 0.25, 0.45][pile] * (_hash(np.floor(u / cell), np.floor(v / cell), seed + 7) - 0.5) * _fade(fp, cell)
-        pattern = np.zeros(n)
-        if kind == 1:  # diamond repeat
-            pu, pv = np.mod(u, 0.5) - 0.25, np.mod(v, 0.5) - 0.25
-            pattern = ((np.abs(pu) + np.abs(pv)) < 0.12).astype(np.float64)
-            pattern = np.where(fp > 0.2, 0.115, pattern)
-        elif kind == 2:  # stripes
-            pattern = _lines(u + 0.3 * v, 0.6, 0.12, fp)
+        pattern = _carpet_pattern(u, v, kind, fp)
         second = np.clip(base + 1.8 * (second - base), 0.02, 0.98)
         col = base * (1 - pattern[:, None]) + second * pattern[:, None]
         pile_shadow = [1.0, 0.87, 0.74][pile]  # a deep pile shades itself
         return col * (pile_shadow * mottle * grain)[:, None], emit
     if cls == "wood":  # plank width and length per material (wide boards .. short parquet)
-        width = [0.09, 0.14, 0.2, 0.3][k]
-        length = [1.6, 0.6, 2.4, 1.2][k]
-        along, across = v, u  # floor planks run away from the camera; wall boards stand upright
-        plank = np.floor(across / width)
-        offset = _hash(plank, 0 * plank, seed) * length
-        seg = np.floor((along + offset) / length)
-        tint = 1 + 0.4 * (_hash(plank, seg, seed + 3) - 0.5) * _fade(fp, width)
-        grain = 1 + 0.08 * np.sin(2 * np.pi * (across / 0.03 + 4 * _noise(along * 0.3, across, 0.4, seed + 5))) * _fade(fp, 0.015)
-        seam = np.maximum(_lines(across, width, 0.006, fp), _lines(along + offset, length, 0.006, fp))
-        shade = tint * grain * (1 - 0.45 * seam)
-        return base * shade[:, None], emit
+        return base * _planks(u, v, [0.09, 0.14, 0.2, 0.3][k], [1.6, 0.6, 2.4, 1.2][k], seed, fp)[:, None], emit
     if cls == "concrete":
         rough = material == "rough_concrete"
         polished = material == "concrete_floor"
@@ -713,8 +709,7 @@ def _texture_by_material(cls: str, material: str, where: str, u, v, colours: lis
             seam = 0.6 * _lines(v, 0.15, 0.012, fp) + _lines(u, 2.4, 0.012, fp)
         else:  # cast panels with tie holes
             seam = _lines(u, 2.4, 0.012, fp) + _lines(v, 1.2, 0.012, fp)
-            hu, hv = np.mod(u - 0.3, 0.6) - 0.3, np.mod(v - 0.3, 0.6) - 0.3
-            holes = (hu * hu + hv * hv < 0.025 ** 2).astype(np.float64) * _fade(fp, 0.05)
+            holes = _tie_holes(u, v, fp)
         shade = mottle * speck * (1 - 0.3 * np.clip(seam, 0, 1)) * (1 - 0.5 * holes)
         return base * shade[:, None], emit
     if cls == "tile":

@@ -20,9 +20,9 @@ geometry and classes), and the parameters come from Eyring's formula on that roo
 expected absorption of each surface under its class probabilities (the model carries a table
 of each class's mean absorption per octave, a buffer saved with the weights), plus the
 critical-distance DRR; the direct head only adds a correction, starting at zero. With
-``vocabulary="material"`` the head names each surface's material instead of its class (the rooms
-renderer draws a texture per material since its format 3) and the table holds each material's own
-absorption. Why: a
+``vocabulary="material"`` the head names each surface's material instead of its class (for pictures
+from ``rooms build --textures material``, which give each material its own look) and the table
+holds each material's own absorption. Why: a
 picture shows a room's size and its surfaces' material classes, and RT60 is a fixed nonlinear
 function of those, which 1500 training pictures teach a plain regressor only roughly. Measured
 (README, same budget): lower validation loss, octave RT60 and DRR errors than the plain
@@ -85,7 +85,7 @@ MATERIALS = {
     },
 }
 # what the head names per surface: its visual class ("class", the first shipped model) or its
-# material ("material": since the renderer draws a texture per material)
+# material ("material": for pictures with a look per material, rooms build --textures material)
 VOCABULARIES = ("class", "material")
 GEOMETRY = ("log_width", "log_depth", "log_height", "log_distance")
 
@@ -353,6 +353,7 @@ def aux_loss(aux: torch.Tensor, target: torch.Tensor, vocabulary: str = "class")
         if vocabulary != "class":
             to_class = torch.tensor(class_of_entry(s, vocabulary), device=t.device)
             ce.append(F.cross_entropy(class_logits(logits[s], s, vocabulary), to_class[t]))
+    # x 2 with materials: the two cross-entropies' means add up, each weighted as the class one alone
     return loss + torch.stack(ce).mean() * (1 if vocabulary == "class" else 2)
 
 
