@@ -531,6 +531,26 @@ def _fade(fp, feature: float) -> np.ndarray:
     return np.clip(1.5 - fp / feature, 0.0, 1.0)
 
 
+def _window(u, v, colours: list, seed: int, height: float, pane: float, bars: tuple, transom: float, sill: float,
+            fp) -> tuple[np.ndarray, np.ndarray]:
+    """A glazed wall: sky (colours[0]) through panes ``pane`` wide, frame bars (colours[1]) ``bars``
+    thick (vertical, horizontal), transoms every ``transom`` m above a sill ``sill`` m high; the
+    glass glows (emission), the frame does not."""
+    sky, frame = np.asarray(colours[0]), np.asarray(colours[1])
+    t = np.clip(v / max(height, 1.0), 0, 1)
+    col = sky[None, :] * (0.8 + 0.3 * t)[:, None] + 0.08 * _fbm(u, v, 1.5, seed)[:, None]
+    f = np.clip(_lines(u, pane, bars[0], fp) + _lines(v - sill, transom, bars[1], fp), 0, 1)
+    f = np.maximum(f, (v < sill).astype(np.float64))
+    col = col * (1 - f[:, None]) + frame * f[:, None]
+    return np.clip(col, 0, 1), 0.75 * (1 - f)
+
+
+def _skirting(col: np.ndarray, v) -> np.ndarray:
+    """A plastered wall's skirting board: the lowest 10 cm."""
+    sk = (v < 0.1).astype(np.float64)
+    return col * (1 - sk[:, None]) + np.array([0.95, 0.95, 0.93]) * 0.8 * sk[:, None]
+
+
 def _tie_holes(u, v, fp) -> np.ndarray:
     """The formwork tie holes of cast concrete walls: 5 cm dots on a 60 cm grid."""
     hu, hv = np.mod(u - 0.3, 0.6) - 0.3, np.mod(v - 0.3, 0.6) - 0.3
@@ -604,10 +624,7 @@ def _texture_by_class(cls: str, where: str, u, v, colours: list, seed: int, exte
     if cls == "plaster":
         shade = 0.96 + 0.06 * _fbm(u, v, 1.0, seed)
         col = base * shade[:, None]
-        if where not in ("floor", "ceiling"):  # a skirting board, 10 cm
-            sk = (v < 0.1).astype(np.float64)
-            col = col * (1 - sk[:, None]) + np.array([0.95, 0.95, 0.93]) * 0.8 * sk[:, None]
-        return col, emit
+        return (_skirting(col, v) if where == "wall" else col), emit
     if cls == "brick":
         bw, bh, m = 0.225, 0.075, 0.01
         row = np.floor(v / bh)
@@ -618,19 +635,7 @@ def _texture_by_class(cls: str, where: str, u, v, colours: list, seed: int, exte
         col = base * (tint * (0.92 + 0.16 * _noise(u, v, 0.03, seed + 2)))[:, None]
         return col * (1 - mortar[:, None]) + np.asarray(colours[1]) * mortar[:, None], emit
     if cls == "glass":
-        sky = np.asarray(colours[0])
-        frame = np.asarray(colours[1])
-        h_ext = extent[1]
-        pane = 0.9 + 0.6 * ((seed >> 4) % 3) / 2
-        sill = 0.45
-        t = np.clip(v / max(h_ext, 1.0), 0, 1)
-        col = sky[None, :] * (0.8 + 0.3 * t)[:, None] + 0.08 * _fbm(u, v, 1.5, seed)[:, None]
-        f = np.clip(_lines(u, pane, 0.07, fp) + _lines(v - sill, 1.5, 0.06, fp), 0, 1)
-        below = (v < sill).astype(np.float64)
-        f = np.maximum(f, below)
-        col = col * (1 - f[:, None]) + frame * f[:, None]
-        emit = 0.75 * (1 - f)
-        return np.clip(col, 0, 1), emit
+        return _window(u, v, colours, seed, extent[1], 0.9 + 0.6 * ((seed >> 4) % 3) / 2, (0.07, 0.06), 1.5, 0.45, fp)
     if cls == "curtains":
         period = 0.12 + 0.12 * ((seed >> 3) % 4) / 3
         phase = 2 * np.pi * u / period + 1.2 * _noise(u, 0 * u, 0.5, seed)
@@ -751,10 +756,7 @@ def _texture_by_material(cls: str, material: str, where: str, u, v, colours: lis
         if material == "hard_surface" and where not in ("floor", "ceiling"):  # a dado rail at 0.9 m
             shade = shade * (1 - 0.3 * _lines(v - 0.9, 1e3, 0.04, fp))
         col = base * shade[:, None]
-        if where not in ("floor", "ceiling"):  # a skirting board, 10 cm
-            sk = (v < 0.1).astype(np.float64)
-            col = col * (1 - sk[:, None]) + np.array([0.95, 0.95, 0.93]) * 0.8 * sk[:, None]
-        return col, emit
+        return (_skirting(col, v) if where == "wall" else col), emit
     if cls == "brick":
         # brickwork, rough, flush pointing, 10 mm pointing, facing brick
         bw, bh = (0.29, 0.065) if k == 4 else (0.225, 0.075)
@@ -770,20 +772,9 @@ def _texture_by_material(cls: str, material: str, where: str, u, v, colours: lis
         col = base * (tint * (1 - rough / 2 + rough * _noise(u, v, 0.03, seed + 2)))[:, None]
         return col * (1 - mortar[:, None]) + mortar_col * mortar[:, None], emit
     if cls == "glass":  # glass_3mm, glass_window, double_glazing_30mm, double_glazing_10mm
-        sky = np.asarray(colours[0])
-        frame = np.asarray(colours[1])
-        h_ext = extent[1]
-        pane = [2.0, 0.6, 1.2, 0.9][k]
         bar = [0.03, 0.05, 0.12, 0.08][k]
-        sill = [0.3, 0.9, 0.45, 0.6][k]
-        t = np.clip(v / max(h_ext, 1.0), 0, 1)
-        col = sky[None, :] * (0.8 + 0.3 * t)[:, None] + 0.08 * _fbm(u, v, 1.5, seed)[:, None]
-        f = np.clip(_lines(u, pane, bar, fp) + _lines(v - sill, 1.5 if k != 1 else 0.6, bar, fp), 0, 1)
-        below = (v < sill).astype(np.float64)
-        f = np.maximum(f, below)
-        col = col * (1 - f[:, None]) + frame * f[:, None]
-        emit = 0.75 * (1 - f)
-        return np.clip(col, 0, 1), emit
+        return _window(u, v, colours, seed, extent[1], [2.0, 0.6, 1.2, 0.9][k], (bar, bar), 0.6 if k == 1 else 1.5,
+                       [0.3, 0.9, 0.45, 0.6][k], fp)
     if cls == "curtains":
         # cotton 0.5, 0.2 (sheer), densely woven, velvet, fabric, fabric folded, studio
         period = [0.3, 0.4, 0.2, 0.25, 0.35, 0.12, 0.18][k]
