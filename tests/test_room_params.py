@@ -330,6 +330,9 @@ def test_material_vocabulary_trains(tiny_rooms, tmp_path):  # noqa: F811
     reading = card["metrics"]["val_seen_rooms"]["model_room_reading"]
     assert set(reading["material_accuracy"]) == set(reading["class_accuracy"]) == set(net.SURFACES)
     assert all(0 <= reading[k][s] <= 1 for k in ("class_accuracy", "material_accuracy") for s in net.SURFACES)
+    parts = reading["eyring_rt60_speech_mae_s"]  # which part of the reading limits the model
+    assert set(parts) == {"own_reading", "true_geometry", "true_surfaces", "true_both"}
+    assert all(np.isfinite(v) and v >= 0 for v in parts.values())
     model = loaders.ARCHITECTURES["room-params"][1](resolve(out), "cpu")
     assert torch.allclose(model.class_absorption, room_params.class_absorption_table("material"))
     assert np.isfinite(model.estimate(torch.rand(1, 3, 32, 32))[0]["rt60"])

@@ -326,7 +326,7 @@ def find_rooms(data: str | None, tiny: bool) -> Path:
     base = Path(data) if data else rooms_mod.default_data_dir()
     def default_looks(meta: Path) -> bool:  # a --textures material build is only used when named
         try:
-            return (json.loads(meta.read_text()).get("spec") or {}).get("textures", "class") == "class"
+            return rooms_mod.textures_of(json.loads(meta.read_text())) == "class"
         except (OSError, ValueError):
             return False
 

@@ -82,9 +82,9 @@ def aux_targets_for(ds, room_ids, vocabulary: str = "class") -> torch.Tensor:
     head's vocabulary, its class or its material (``room_params_net.SURFACES`` order) -- what the
     physics head reads off the picture."""
     rows = []
+    key = "classes" if vocabulary == "class" else "materials"
     for r in room_ids:
         m = ds.rooms[r]
-        key = "classes" if vocabulary == "class" else "materials"
         cls = [net.vocabulary_of(s, vocabulary).index(m[key][s]) for s in net.SURFACES]
         rows.append([math.log(v) for v in m["dims"]] + [math.log(max(float(m["distance"]), 0.1))] + cls)
     return torch.tensor(rows, dtype=torch.float32)
@@ -132,7 +132,7 @@ def jittered_room(room: dict, rng) -> dict:
 def extra_views(ds, room_ids: list[int], views: int, run: Path, seed: int, log=print) -> np.ndarray:
     """uint8 (len(room_ids), views, S, S, 3), rendered once and cached in the run folder."""
     S = int(ds.meta.get("image_size", rooms_mod.IMAGE_SIZE))
-    textures = (ds.meta.get("spec") or {}).get("textures", "class")  # the dataset's own looks
+    textures = rooms_mod.textures_of(ds.meta)  # the dataset's own looks
     if views <= 0:
         return np.zeros((len(room_ids), 0, S, S, 3), np.uint8)
     key = hashlib.sha256(json.dumps([ds.folder.name, room_ids, views, seed, S]).encode()).hexdigest()[:12]
@@ -165,7 +165,7 @@ def extra_training_rooms(folders: list[str], primary: rooms_mod.RoomsData, args,
         if ds.meta.get("seed") == primary.meta.get("seed"):
             raise SystemExit(f"error: --extra-data {ds.folder} has the same seed as --data "
                              f"({ds.meta.get('seed')}): its rooms would repeat the evaluation's unseen rooms")
-        looks = [(d.meta.get("spec") or {}).get("textures", "class") for d in (ds, primary)]
+        looks = [rooms_mod.textures_of(d.meta) for d in (ds, primary)]
         if looks[0] != looks[1]:
             raise SystemExit(f"error: --extra-data {ds.folder} has {looks[0]} textures, --data has {looks[1]}")
         if ds.meta.get("image_size") != primary.meta.get("image_size"):
@@ -237,13 +237,7 @@ def eyring_predictions(ds, room_ids, calib: dict | None = None, class_means: boo
     training rooms with the same ``class_means``): the median log-ratio per RT60 and the median
     offset of DRR."""
     if class_means:
-        a = aux_targets_for(ds, room_ids)
-        aux = torch.full((len(room_ids), net.N_AUX), -30.0)
-        g = k = len(net.GEOMETRY)
-        aux[:, :g] = a[:, :g]
-        for j, s in enumerate(net.SURFACES):  # the true class of each surface, one-hot
-            aux[torch.arange(len(room_ids)), k + a[:, g + j].long()] = 30.0
-            k += len(net.surface_classes(s))
+        aux = reading_from_targets(aux_targets_for(ds, room_ids), "class")  # the true class of each surface
         raw = [decode(row) for row in net.eyring_outputs(aux, class_absorption_table())]
     else:
         raw = []
@@ -307,9 +301,31 @@ def mean_predictor(y_train: torch.Tensor, n: int) -> list[dict]:
     return [decode(y_train.mean(dim=0))] * n
 
 
+def reading_from_targets(target: torch.Tensor, vocabulary: str, aux: torch.Tensor | None = None, *,
+                         geometry: bool = True, surfaces: bool = True) -> torch.Tensor:
+    """A physics-head reading (B, n_aux) that states the truth: the true geometry and / or a one-hot
+    of each surface's true entry; the other columns from ``aux`` (default: nothing read)."""
+    out = torch.full((len(target), net.n_aux(vocabulary)), -30.0) if aux is None else aux.clone()
+    g = len(net.GEOMETRY)
+    if geometry:
+        out[:, :g] = target[:, :g]
+    if surfaces:
+        k = g
+        for j, s in enumerate(net.SURFACES):
+            n = len(net.vocabulary_of(s, vocabulary))
+            out[:, k: k + n] = -30.0
+            out[torch.arange(len(target)), k + target[:, g + j].long()] = 30.0
+            k += n
+    return out
+
+
 @torch.no_grad()
-def room_reading_metrics(model: RoomParamsNet, images: torch.Tensor, target: torch.Tensor) -> dict:
-    """How well the physics head reads the room: relative errors of size and distance, class accuracy."""
+def room_reading_metrics(model: RoomParamsNet, images: torch.Tensor, target: torch.Tensor,
+                         truth_rt60: np.ndarray | None = None) -> dict:
+    """How well the physics head reads the room: relative errors of size and distance, class (and
+    material) accuracy; with ``truth_rt60``, the speech-band RT60 MAE of the Eyring part alone
+    (no correction, no mirror averaging) from its own reading and with the true geometry, the
+    true surfaces or both put in: which part of the reading limits the model."""
     model.eval()
     aux = torch.cat([model.forward_parts(images[i: i + 64])[1] for i in range(0, len(images), 64)])
     voc = model.cfg.vocabulary
@@ -327,6 +343,13 @@ def room_reading_metrics(model: RoomParamsNet, images: torch.Tensor, target: tor
             to_class = torch.tensor(net.class_of_entry(s, voc))
             hit = net.class_logits(logits[s], s, voc).argmax(-1) == to_class[target[:, g + k].long()]
             out["class_accuracy"][s] = round(float(hit.float().mean()), 4)
+    if truth_rt60 is not None:
+        out["eyring_rt60_speech_mae_s"] = {}
+        for name, geometry, surfaces in (("own_reading", False, False), ("true_geometry", True, False),
+                                         ("true_surfaces", False, True), ("true_both", True, True)):
+            reading = reading_from_targets(target, voc, aux, geometry=geometry, surfaces=surfaces)
+            rt = net.eyring_outputs(reading, model.class_absorption, voc)[:, 0].exp().numpy()
+            out["eyring_rt60_speech_mae_s"][name] = round(float(np.abs(rt - truth_rt60).mean()), 4)
     return out
 
 
@@ -339,7 +362,8 @@ def all_metrics(model, ds, train_ids, y_train, train_truth, eval_sets: dict, siz
         imgs = to_tensor(np.stack([ds.image(r) for r in ids]), size)
         res[name] = {
             "model": regression_metrics(predict(model, imgs), truths),
-            **({"model_room_reading": room_reading_metrics(model, imgs, aux_targets_for(ds, ids, model.cfg.vocabulary))}
+            **({"model_room_reading": room_reading_metrics(model, imgs, aux_targets_for(ds, ids, model.cfg.vocabulary),
+                                                           np.array([t["rt60_speech"] for t in truths]))}
                if model.cfg.physics else {}),
             "baseline_training_mean": regression_metrics(mean_predictor(y_train, len(ids)), truths),
             "reference_eyring_true_geometry": regression_metrics(eyring_predictions(ds, ids), truths),

@@ -214,6 +214,11 @@ class RoomsSpec:
         return f"{base}-{digest}"
 
 
+def textures_of(meta: dict) -> str:
+    """The looks a dataset's pictures were drawn with (builds from before the option: "class")."""
+    return (meta.get("spec") or {}).get("textures", "class")
+
+
 def default_data_dir() -> Path:
     return Path(os.environ.get("SOUNDSIGHT_DATA") or Path.home() / ".cache" / "soundsight" / "data").expanduser()
 

@@ -99,8 +99,8 @@ def surface_classes(surface: str) -> tuple:
 
 
 def vocabulary_of(surface: str, vocabulary: str = "class") -> tuple:
-    """The names the head scores for ``surface``: its classes, or all its classes' materials in
-    class order (a material name is unique within a group)."""
+    """The names the head scores for ``surface`` (or a group: "wall"): its classes, or all its
+    classes' materials in class order (a material name is unique within a group)."""
     if vocabulary == "class":
         return surface_classes(surface)
     if vocabulary != "material":
@@ -122,7 +122,7 @@ def table_rows(vocabulary: str = "class") -> dict:
     rows, k = {}, 0
     for g in ("floor", "ceiling", "wall"):
         rows[g] = k
-        k += len(vocabulary_of(g if g != "wall" else "west", vocabulary))
+        k += len(vocabulary_of(g, vocabulary))
     rows["total"] = k
     return rows
 
