@@ -336,6 +336,14 @@ def test_material_vocabulary_trains(tiny_rooms, tmp_path):  # noqa: F811
     model = loaders.ARCHITECTURES["room-params"][1](resolve(out), "cpu")
     assert torch.allclose(model.class_absorption, room_params.class_absorption_table("material"))
     assert np.isfinite(model.estimate(torch.rand(1, 3, 32, 32))[0]["rt60"])
+    # a model compared with itself on the same pictures: zero difference, exactly
+    from soundsight_train import room_params_compare
+
+    _, rt, drr = room_params_compare.errors(str(out), str(tiny_rooms))
+    assert len(rt) >= 1 and np.all(rt >= 0) and np.all(np.isfinite(drr))
+    assert room_params_compare.main([f"{out}@{tiny_rooms}", f"{out}@{tiny_rooms}", "--boot", "50"]) == 0
+    assert room_params_compare.interval(np.zeros(5), 50) == (0.0, 0.0)
+    assert room_params_compare.main([str(out)]) == 2  # not MODEL@DATA
 
 
 def test_physics_model_trains_on_its_room_reading_and_mirrors_the_side_walls(tiny_rooms, tmp_path):  # noqa: F811
