@@ -217,7 +217,7 @@ def test_eval_scene_table_and_controls(scene_models, tmp_path):
     assert by["D"]["r1"] == res["evaluator_on_real"]["top1"] and by["D"]["r5"] == res["evaluator_on_real"]["top5"]
     assert res["random_ranking"] == {"r1": round(1 / 3, 4), "r5": 1.0}
     assert res["chance"] == {"volume_monotonic": round(1 / 6, 4), "volume_ends": 0.5, "both_top3": 1.0}  # 3 classes
-    for backend in ("gan", "ldm") if "ldm" in scene_models else ("gan",):
+    for backend in ("gan", "ldm", "retrieval") if "ldm" in scene_models else ("gan", "retrieval"):
         c = res["controls"][backend]
         assert c["volume_n"] == 8 and 0 <= c["volume_monotonic"] <= c["volume_ends"] <= 1
         assert len(c["volume_mean_side"]) == 3 and all(0 < v < 2 for v in c["volume_mean_side"])
@@ -225,6 +225,7 @@ def test_eval_scene_table_and_controls(scene_models, tmp_path):
     assert res["targets"]["B_gan_r1_at_least_C"] == (by["B-gan"]["r1"] >= by["C"]["r1"])
     assert set(res["models"]) >= {"image_encoder", "audio_encoder", "gan", "evaluator"}
     assert "| (B) | ours: GAN from the sound (f_A) |" in md and "≥ 0.90" in md and "≥ 0.60" in md
+    assert "| control | GAN | " in md and " | retrieval (C) | real images |" in md
     # same seed, same table
     again, _ = _eval(scene_models, tmp_path)
     assert again["rows"] == res["rows"] and again["controls"] == res["controls"]

@@ -8,6 +8,7 @@ mate-backgrounds), so no apt package is needed.
 from __future__ import annotations
 
 import io
+import json
 import math
 import struct
 from dataclasses import replace
@@ -348,6 +349,32 @@ def test_build_load_and_show(tree, tmp_path):
     assert {"train_000.png", "train_000.wav", "train_grid.png", "sweep.png"} <= names
     y, sr = sf.read(tmp_path / "show" / "train_000.wav")
     assert sr == 16000 and len(y) == 8000
+
+
+def test_more_compositions(tree, tmp_path):
+    spec = scenes.SceneSpec(seconds=0.5, test_frac=0.5)
+    folder = scenes.build(spec, {"train": 8, "val": 2, "test": 3}, seed=0, data_dir=tmp_path / "data", root=tree,
+                          extra_backgrounds=False, log=lambda *a: None)
+    more = scenes.more_compositions(folder, 6, root=tree, log=lambda *a: None)
+    assert more["images"].shape == (6, 128, 128, 3) and more["labels"].shape == (6, 2)
+    # the continuation of the train stream: samples 8..13, never a held-out stamp
+    media = scenes.load_media(scenes.scan(tree, extra_backgrounds=False), spec, seed=0)
+    want = scenes.generate_split(media, "train", 6, start=8)
+    for k in ("images", "labels", "boxes", "stamps"):
+        np.testing.assert_array_equal(more[k], want[k], err_msg=k)
+    held_out = {i for i, s in enumerate(scenes.load_meta(folder)["stamps"]) if s["split"] == "test"}
+    assert held_out and not held_out & set(more["stamps"][more["stamps"] >= 0].tolist())
+    stored = scenes.SceneSplit(folder, "train")
+    assert not any(np.array_equal(m, s) for m in more["images"] for s in stored.images)
+    # cached: read back without the packages
+    again = scenes.more_compositions(folder, 6, root=tmp_path / "nowhere", log=lambda *a: None)
+    np.testing.assert_array_equal(again["images"], more["images"])
+    with pytest.raises(scenes.MissingSource):
+        scenes.more_compositions(folder, 4, root=tmp_path / "nowhere", log=lambda *a: None)
+    meta = scenes.load_meta(folder)
+    (folder / "meta.json").write_text(json.dumps({**meta, "fingerprint": "other"}))
+    with pytest.raises(SystemExit, match="differ"):
+        scenes.more_compositions(folder, 4, root=tree, log=lambda *a: None)
 
 
 REAL = Path("/") / scenes.STAMPS_DIR

@@ -324,9 +324,13 @@ def run(args) -> dict:
     t0 = time.time()
     train_f = sc.encode_images(fv, sc.images_nchw(train, fv.cfg.image_size), dev.torch_device, args.batch)
     # unit-norm features: the largest cosine is the smallest L2 distance
-    nearest = torch.cat([(z_a[i:i + 256] @ train_f.t()).argmax(1) for i in range(0, n, 256)])
-    retrieved = sc.to_unit(sc.images_nchw(train, ev_size)[nearest], "cpu")
-    add_row("C", "C", "retrieval: nearest training image by f_A -> f_V", retrieved)
+    train_ev = sc.images_nchw(train, ev_size)
+
+    def retrieve(feats: torch.Tensor) -> torch.Tensor:
+        nearest = torch.cat([(feats[i:i + 256] @ train_f.t()).argmax(1) for i in range(0, len(feats), 256)])
+        return sc.to_unit(train_ev[nearest], "cpu")
+
+    add_row("C", "C", "retrieval: nearest training image by f_A -> f_V", retrieve(z_a))
     log(f"retrieval over {len(train_f)} training images: {time.time() - t0:.0f}s")
     add_row("D", "D", f"real {args.split} images", real, with_fid=False)
     val = scenes.SceneSplit(folder, "val")
@@ -345,27 +349,34 @@ def run(args) -> dict:
                                   .astype("int64")) if len(pairs) else torch.zeros(0, 2, dtype=torch.long)
     z_mix = embed_audio(fa, mix_waves, dev, args.batch) if len(pairs) else None
     two = labels[:, 1] >= 0
-    backends = [("gan", n)] + ([("ldm", n_ldm)] if ldm is not None else [])
+    # retrieval answers the same controls: does f_A carry the level and both sources of a mix
+    # at all, whatever a generator then draws from it?
+    backends = [("gan", n)] + ([("ldm", n_ldm)] if ldm is not None else []) + [("retrieval", n)]
+
+    def draw(backend: str, feats: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        if backend == "gan":
+            return gan_images(G, feats, noise, dev, args.batch)
+        if backend == "ldm":
+            return ldm_images(ldm, feats, noise, args.steps, args.guidance, dev, args.batch)
+        return retrieve(feats)
+
     for backend, k in backends:
         t0 = time.time()
         sizes = []
+        noise = {"gan": z[:k], "ldm": lat[:k] if lat is not None else None}.get(backend)
         for m in VOLUME:
             z_m = embed_audio(fa, split.audio(idx[:k], gains=rel[:k] * m), dev, args.batch)
-            imgs = (gan_images(G, z_m, z[:k], dev, args.batch) if backend == "gan"
-                    else ldm_images(ldm, z_m, lat[:k], args.steps, args.guidance, dev, args.batch))
-            sizes.append(ev.predict(imgs, batch=args.batch)["log_size"])
+            sizes.append(ev.predict(draw(backend, z_m, noise), batch=args.batch)["log_size"])
         c = volume_stats(torch.stack(sizes, 1))
-        m_n = len(pairs) if backend == "gan" else min(len(pairs), n_ldm)  # the LDM's mixes: at most --ldm-n
+        m_n = min(len(pairs), n_ldm) if backend == "ldm" else len(pairs)  # the LDM's mixes: at most --ldm-n
         if m_n:
             zm = torch.Generator().manual_seed(args.seed + 2)
-            if backend == "gan":
-                imgs = gan_images(G, z_mix[:m_n], G.sample_z(m_n, zm, truncation=args.truncation), dev, args.batch)
-            else:
-                imgs = ldm_images(ldm, z_mix[:m_n], ldm_latents(ldm, m_n, zm), args.steps, args.guidance, dev,
-                                  args.batch)
+            noise = {"gan": lambda: G.sample_z(m_n, zm, truncation=args.truncation),
+                     "ldm": lambda: ldm_latents(ldm, m_n, zm)}.get(backend, lambda: None)()
+            imgs = draw(backend, z_mix[:m_n], noise)
             c["mix_both_top3"] = both_top3(ev.predict(imgs, batch=args.batch)["logits"], mix_labels[:m_n])
             c["mixes_n"] = m_n
-        b_out = judged[f"B-{backend}"]["logits"]
+        b_out = judged["C" if backend == "retrieval" else f"B-{backend}"]["logits"]
         c["natural_mix_both_top3"] = both_top3(b_out[two[:k]], labels[:k][two[:k]])
         c["natural_mix_n"] = int(two[:k].sum())
         controls[backend] = c
@@ -402,6 +413,7 @@ def _f(v, nd=3):
     return "—" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
 
+NAMES = {"gan": "GAN", "ldm": "LDM", "retrieval": "retrieval (C)"}
 SPLIT_NATURE = {"test": "held-out stamps and recordings",
                 "val": "the training stamps and recordings in new compositions"}
 
@@ -426,9 +438,9 @@ def markdown(res: dict) -> str:
                  if split != "val" else ". ")
               + "Size corr.: correlation of the evaluator's size estimate of the loudest object in the image with "
               f"its true size in the {split} scene (does the picture keep the sound's scale?).", ""]
-    backs = [b for b in ("gan", "ldm") if b in res["controls"]]
+    backs = [b for b in ("gan", "ldm", "retrieval") if b in res["controls"]]
     ch = res["chance"]
-    lines += ["| control | " + " | ".join(b.upper() for b in backs) + " | real images | chance | target |",
+    lines += ["| control | " + " | ".join(NAMES[b] for b in backs) + " | real images | chance | target |",
               "|---|" + "---|" * len(backs) + "---|---|---|"]
     c = res["controls"]
     lines.append("| volume: estimated size grows 0.25x → 1x → 4x | "
@@ -444,7 +456,7 @@ def markdown(res: dict) -> str:
     e = res["evaluator_on_real"]
 
     def counts(key):
-        return " / ".join(f"{c[b].get(key, 0)} ({b.upper()})" for b in backs)
+        return " / ".join(f"{c[b].get(key, 0)} ({NAMES[b]})" for b in backs)
 
     def sides(b):
         return " / ".join(f"{v:.3f}" for v in c[b]["volume_mean_side"])
@@ -452,7 +464,7 @@ def markdown(res: dict) -> str:
     lines += ["", f"Mixes: {counts('mixes_n')} pairs of single-object sounds of different classes, each at gain 1. "
               f"Volume: {counts('volume_n')} sounds at their reference level x0.25 / x1 / x4, one noise draw per "
               f"sound; mean estimated side of the loudest object (fraction of the image side) "
-              + "; ".join(f"{b.upper()} {sides(b)}" for b in backs) + f". The evaluator on the real {res['split']} "
+              + "; ".join(f"{NAMES[b]} {sides(b)}" for b in backs) + f". The evaluator on the real {res['split']} "
               f"images: top1 {e['top1']:.3f}, top5 {e['top5']:.3f}, size R^2 {e['size_r2']:.3f}."]
     return "\n".join(lines) + "\n"
 

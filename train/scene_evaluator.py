@@ -62,6 +62,9 @@ def parse(argv=None):
     ap.add_argument("--max-cpu-minutes", type=float, default=0.0,
                     help="stop after this much CPU time in training steps (0: no limit)")
     ap.add_argument("--eval-every", type=int, default=400)
+    ap.add_argument("--more", type=int, default=0,
+                    help="also train on this many further compositions of the training stamps "
+                         "(scenes.more_compositions; generated once and cached next to the dataset)")
     return sc.parse_with_tiny(ap, argv, dict(preset="tiny", size=32, steps=40, batch=16, warmup=2, eval_every=20,
                                              log_every=10))
 
@@ -140,6 +143,7 @@ def write_registry(out, model, cfg, args, state, metrics, data):
                 "optimizer": {"type": "AdamW", "lr": args.lr, "weight_decay": args.wd,
                               "schedule": f"warm-up {args.warmup} + cosine over min(steps, time budget)"},
                 "size_weight": args.size_weight,
+                "more_compositions": args.more,
                 "augment": {"flip": True, "shift_px": args.shift, "brightness_contrast": args.jitter,
                             "blur_2x": args.blur},
                 "curve": "curve.jsonl in the run folder"}
@@ -166,7 +170,17 @@ def main(argv=None) -> int:
     cfg = EvaluatorConfig.preset(args.preset, image_size=args.size, n_classes=n_classes,
                                  classes=tuple(train.classes), size_mean=float(sizes["train"].mean()),
                                  size_std=float(sizes["train"].std()))
-    y_train = multi_hot(torch.from_numpy(train.labels.astype("int64")), n_classes)
+    labels_train = train.labels
+    if args.more > 0:
+        # the 5000 stored compositions are seen ~30 times in a 12-minute run; more arrangements of
+        # the same stamps is what held-out scenes differ by most cheaply
+        more = scenes.more_compositions(folder, args.more, log=log)
+        images["train"] = torch.cat([images["train"], torch.from_numpy(np.ascontiguousarray(
+            scenes.downsample(more["images"], args.size))).permute(0, 3, 1, 2).contiguous()])
+        labels_train = np.concatenate([train.labels, more["labels"]])
+        sizes["train"] = np.concatenate([sizes["train"], size_target(more["boxes"], train.spec.size)])
+    n_train = len(labels_train)
+    y_train = multi_hot(torch.from_numpy(labels_train.astype("int64")), n_classes)
     y_train = y_train / y_train.sum(1, keepdim=True)  # soft targets: each object class gets an equal share
     s_train = torch.from_numpy((sizes["train"] - cfg.size_mean) / cfg.size_std).float()
 
@@ -182,13 +196,13 @@ def main(argv=None) -> int:
     gen = sc.batch_generator(args.seed, rank, state["step"])  # rank 0: one process
 
     log(f"data: {folder} ({', '.join(f'{len(d)} {s}' for s, d in splits.items())} images at {args.size} px, "
-        f"{n_classes} classes)")
+        f"{n_classes} classes; {n_train} training compositions)")
     log(f"model: evaluator {count_parameters(model) / 1e6:.2f}M params; device {dev}; batch {args.batch}")
     log(f"run folder: {run}; registry folder: {out}")
 
     def fields(step, elapsed):
         return dict(lr=round(opt.param_groups[0]["lr"], 7), elapsed=elapsed,
-                    cpu_minutes=round(state["cpu_seconds"] / 60, 2), epoch=round(step * args.batch / len(train), 3))
+                    cpu_minutes=round(state["cpu_seconds"] / 60, 2), epoch=round(step * args.batch / n_train, 3))
 
     def line(rec, total):
         return (f"step {rec['step']}  loss {rec['loss']:.4f} (cls {rec['cls']:.4f}, size {rec['size']:.4f})  "
@@ -205,7 +219,7 @@ def main(argv=None) -> int:
             break
         sc.set_lr(opt, lr_at(p, step, args.lr, args.warmup))
         cpu0 = time.process_time()
-        idx = sc.take(len(train), args.batch, gen)
+        idx = sc.take(n_train, args.batch, gen)
         x = augment(sc.to_unit(images["train"][idx], dev.torch_device, channels_last), gen, args.shift,
                     args.jitter, args.blur)
         logits, size = model(x)

@@ -1029,6 +1029,13 @@ def build(spec: SceneSpec, counts: dict[str, int], seed: int = 0, data_dir=None,
     folder = data_root / spec.name(seed)
     meta_path = folder / "meta.json"
     catalog = scan(root, extra_backgrounds=extra_backgrounds, min_recordings=spec.min_recordings)
+    if extra_backgrounds:
+        for pkg, (module, *_rest) in OPTIONAL_BACKGROUNDS.items():
+            if _module_dir(module) is None:
+                # every shipped scene model was trained with these photos: a rebuild without
+                # them would shift every comparison against those models without a word
+                log(f"warning: {pkg} is not installed, so its background photos are left out and this dataset "
+                    f"differs from the one the shipped models were trained on: pip install -e '.[train]'")
     old = json.loads(meta_path.read_text()) if meta_path.is_file() else None
     same_sources = bool(old and old.get("format") == FORMAT_VERSION and old.get("spec") == asdict(spec)
                         and old.get("seed") == seed and old.get("fingerprint") == catalog.fingerprint()
@@ -1160,6 +1167,38 @@ class SceneSplit:
         return {"image": a["images"][i], "audio": self.audio([i])[0], "labels": a["labels"][i, :k],
                 "boxes": a["boxes"][i, :k], "gains": a["gains"][i, :k], "classes": [self.classes[c] for c in
                                                                                      a["labels"][i, :k]]}
+
+
+def more_compositions(folder, n: int, start: int | None = None, root=None, log=print) -> dict:
+    """``n`` further training compositions of a built dataset: samples ``start …`` of its
+    ``train`` stream (default: right after the stored ones), so the same stamps, recordings and
+    backgrounds in new arrangements; never a held-out item. Only the picture arrays
+    (``images``, ``labels``, ``boxes``, ``n_objects``, ``stamps``). The packages must be the ones the
+    dataset was built from (checked by the catalog's fingerprint). Cached next to the splits as
+    ``train-more-<start>-<n>.npz``.
+    """
+    folder = Path(folder)
+    meta = load_meta(folder)
+    start = int(meta["counts"]["train"]) if start is None else int(start)
+    cache = folder / f"train-more-{start}-{n}.npz"
+    keys = ("images", "labels", "boxes", "n_objects", "stamps")
+    if cache.is_file():
+        with np.load(cache) as z:
+            return {k: z[k] for k in keys}
+    spec = SceneSpec(**meta["spec"])
+    with_extra = any(b["source"] not in ("mate-backgrounds",) for b in meta["backgrounds"])
+    catalog = scan(root, extra_backgrounds=with_extra, min_recordings=spec.min_recordings)
+    if catalog.fingerprint() != meta["fingerprint"]:
+        raise SystemExit(f"error: the installed packages differ from the ones {folder.name} was built from; "
+                         "rebuild it with `python -m soundsight_train.scenes build --force`")
+    t0 = time.time()
+    arrays = generate_split(load_media(catalog, spec, int(meta["seed"]), log=log), "train", n, start=start)
+    out = {k: arrays[k] for k in keys}
+    tmp = folder / f".train-more-{start}-{n}.tmp.npz"
+    np.savez_compressed(tmp, **out)
+    os.replace(tmp, cache)
+    log(f"  {n} more training compositions in {time.time() - t0:.1f}s -> {cache}")
+    return out
 
 
 def background_photos(folder) -> list[np.ndarray]:
