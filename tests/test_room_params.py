@@ -147,6 +147,14 @@ def test_extra_datasets_add_training_rooms_but_never_the_evaluation_seed(tiny_ro
     # validation and unseen scoring stay the primary dataset's
     unseen = rooms.RoomsData(tiny_rooms).room_ids("unseen")[:4]
     assert card["metrics"]["unseen_rooms"]["model"]["n"] == len(unseen) > 0
+    # --evaluate writes the same card metrics (the training-mean baseline counts the extra rooms)
+    # and refuses to score without the datasets the model trained on
+    with pytest.raises(SystemExit, match="trained with --extra-data"):
+        room_params.main(common + ["--out", str(out), "--evaluate"])
+    assert room_params.main(common + ["--out", str(out), "--evaluate", "--extra-data", str(other)]) == 0
+    again = json.loads((out / "card.json").read_text())["metrics"]
+    for key in ("model", "baseline_training_mean"):
+        assert again["unseen_rooms"][key] == card["metrics"]["unseen_rooms"][key]
     with pytest.raises(SystemExit, match="same seed"):
         room_params.main(common + ["--out", str(tmp_path / "x"), "--extra-data", str(tiny_rooms)])
 

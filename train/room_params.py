@@ -28,7 +28,8 @@ and ``curve.jsonl`` in the run folder.
 
     OMP_NUM_THREADS=1 python -m soundsight_train.room_params --physics --threads 1 --max-minutes 12 \\
         --out models/rooms-params-128 --run-dir runs/room-params-128   # the README has the shipped command
-    python -m soundsight_train.room_params --evaluate --out models/rooms-params-128   # card metrics again
+    python -m soundsight_train.room_params --evaluate --data D --extra-data E --out models/rooms-params-128  # card metrics
+                                                  # again, with the datasets it trained on
     python -m soundsight_train.room_params --tiny --out /tmp/params-tiny              # smoke test
 """
 
@@ -154,6 +155,26 @@ def extra_views(ds, room_ids: list[int], views: int, run: Path, seed: int, log=p
     return out
 
 
+def extra_dataset(folder: str, primary: rooms_mod.RoomsData) -> tuple[rooms_mod.RoomsData, list[int]]:
+    """An ``--extra-data`` dataset and all its room ids, after the checks that keep it honest."""
+    ds = rooms_mod.RoomsData(find_rooms(folder, False))
+    if ds.meta.get("seed") == primary.meta.get("seed"):
+        raise SystemExit(f"error: --extra-data {ds.folder} has the same seed as --data "
+                         f"({ds.meta.get('seed')}): its rooms would repeat the evaluation's unseen rooms")
+    looks = [rooms_mod.textures_of(d.meta) for d in (ds, primary)]
+    if looks[0] != looks[1]:
+        raise SystemExit(f"error: --extra-data {ds.folder} has {looks[0]} textures, --data has {looks[1]}")
+    if ds.meta.get("image_size") != primary.meta.get("image_size"):
+        raise SystemExit(f"error: --extra-data {ds.folder}: pictures of {ds.meta.get('image_size')} px, "
+                         f"--data's are {primary.meta.get('image_size')} px")
+    return ds, sorted(ds.room_ids("seen") + ds.room_ids("unseen"))
+
+
+def extra_targets(folder: str, primary: rooms_mod.RoomsData) -> torch.Tensor:
+    ds, ids = extra_dataset(folder, primary)
+    return targets_for(ds, ids)[0]
+
+
 def extra_training_rooms(folders: list[str], primary: rooms_mod.RoomsData, args, run: Path, log=print):
     """Every room of each ``--extra-data`` dataset as training data: (pictures uint8 (M, H, W, 3),
     their extra views (M, V, H, W, 3), targets (M, 7), auxiliary targets (M, 10)), one entry per dataset. Rooms are sampled from the dataset's
@@ -161,17 +182,7 @@ def extra_training_rooms(folders: list[str], primary: rooms_mod.RoomsData, args,
     may train too; the same seed would repeat the primary's (unseen) rooms, so it is refused."""
     pics, views, ys, auxs = [], [], [], []
     for f in folders:
-        ds = rooms_mod.RoomsData(find_rooms(f, False))
-        if ds.meta.get("seed") == primary.meta.get("seed"):
-            raise SystemExit(f"error: --extra-data {ds.folder} has the same seed as --data "
-                             f"({ds.meta.get('seed')}): its rooms would repeat the evaluation's unseen rooms")
-        looks = [rooms_mod.textures_of(d.meta) for d in (ds, primary)]
-        if looks[0] != looks[1]:
-            raise SystemExit(f"error: --extra-data {ds.folder} has {looks[0]} textures, --data has {looks[1]}")
-        if ds.meta.get("image_size") != primary.meta.get("image_size"):
-            raise SystemExit(f"error: --extra-data {ds.folder}: pictures of {ds.meta.get('image_size')} px, "
-                             f"--data's are {primary.meta.get('image_size')} px")
-        ids = sorted(ds.room_ids("seen") + ds.room_ids("unseen"))
+        ds, ids = extra_dataset(f, primary)
         y, _ = targets_for(ds, ids)
         pics.append(np.stack([ds.image(r) for r in ids]))
         views.append(extra_views(ds, ids, args.views, run, args.seed, log))
@@ -521,9 +532,17 @@ def main(argv=None) -> int:
         from soundsight.registry import resolve
 
         model = RoomParamsNet.from_registry(resolve(out))
-        metrics = all_metrics(model, ds, train_ids, y_tr, truth_tr, eval_sets, model.cfg.image_size)
-        log(json.dumps(metrics["unseen_rooms" if unseen_ids else "val_seen_rooms"], indent=1))
         card = json.loads((out / "card.json").read_text())
+        # the training-mean baseline is the mean over every training room, so the extra datasets
+        # the model trained on have to be named again (their pictures are not needed)
+        trained_on = card.get("training", {}).get("rooms", {}).get("extra datasets (all rooms train)", [])
+        given = [find_rooms(f, False).name for f in args.extra_data]
+        if sorted(trained_on) != sorted(given):
+            raise SystemExit(f"error: {out} was trained with --extra-data {', '.join(trained_on) or '(none)'}; "
+                             f"pass the same datasets to --evaluate (given: {', '.join(given) or 'none'})")
+        y_all = torch.cat([y_tr, *(extra_targets(f, ds) for f in args.extra_data)])
+        metrics = all_metrics(model, ds, train_ids, y_all, truth_tr, eval_sets, model.cfg.image_size)
+        log(json.dumps(metrics["unseen_rooms" if unseen_ids else "val_seen_rooms"], indent=1))
         card["metrics"] = metrics
         write_bytes_atomic(out / "card.json", (json.dumps(card, indent=2) + "\n").encode())
         return 0
