@@ -205,7 +205,7 @@ def test_eval_scene_table_and_controls(scene_models, tmp_path):
     res, md = _eval(scene_models, tmp_path)
     keys = [r["key"] for r in res["rows"]]
     assert keys == ["A-gan", "B-gan", "B0-gan", *(["A-ldm", "B-ldm", "B0-ldm"] if "ldm" in scene_models else []),
-                    "C", "D"]
+                    "C", "C-gan", "D"]
     for r in res["rows"]:
         assert r["n"] == 8 and 0 <= r["r1"] <= r["r1_any"] <= 1  # the loudest object's class is one of its classes
         assert r["r5"] == 1.0  # 3 classes: the top 5 holds every class
@@ -233,7 +233,7 @@ def test_eval_scene_table_and_controls(scene_models, tmp_path):
 
 def test_eval_scene_subset_and_no_ldm(scene_models, tmp_path):
     res, md = _eval(scene_models, tmp_path, "--n", "5", "--ldm", "none")
-    assert [r["key"] for r in res["rows"]] == ["A-gan", "B-gan", "B0-gan", "C", "D"]
+    assert [r["key"] for r in res["rows"]] == ["A-gan", "B-gan", "B0-gan", "C", "C-gan", "D"]
     assert all(r["n"] == 5 for r in res["rows"]) and "ldm" not in res["controls"]
     assert "LDM" not in md.split("\n\n")[1]
     from soundsight_train import eval_scene

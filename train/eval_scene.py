@@ -326,11 +326,17 @@ def run(args) -> dict:
     # unit-norm features: the largest cosine is the smallest L2 distance
     train_ev = sc.images_nchw(train, ev_size)
 
+    def nearest(feats: torch.Tensor) -> torch.Tensor:
+        return torch.cat([(feats[i:i + 256] @ train_f.t()).argmax(1) for i in range(0, len(feats), 256)])
+
     def retrieve(feats: torch.Tensor) -> torch.Tensor:
-        nearest = torch.cat([(feats[i:i + 256] @ train_f.t()).argmax(1) for i in range(0, len(feats), 256)])
-        return sc.to_unit(train_ev[nearest], "cpu")
+        return sc.to_unit(train_ev[nearest(feats)], "cpu")
 
     add_row("C", "C", "retrieval: nearest training image by f_A -> f_V", retrieve(z_a))
+    # the retrieved image's own feature is a condition G trained on: what G loses against (C)
+    # on it is the generator's loss alone, with no audio-to-image gap left
+    add_row("C-gan", "C'", "GAN from the retrieved training image's f_V", gan_images(G, train_f[nearest(z_a)], z, dev,
+                                                                                     args.batch))
     log(f"retrieval over {len(train_f)} training images: {time.time() - t0:.0f}s")
     add_row("D", "D", f"real {args.split} images", real, with_fid=False)
     val = scenes.SceneSplit(folder, "val")
