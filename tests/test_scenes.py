@@ -377,6 +377,25 @@ def test_more_compositions(tree, tmp_path):
         scenes.more_compositions(folder, 4, root=tree, log=lambda *a: None)
 
 
+def test_evaluator_trains_on_more_compositions(tree, tmp_path, monkeypatch):
+    from soundsight_train import scene_evaluator
+
+    spec = scenes.SceneSpec(seconds=0.5, test_frac=0.5)
+    folder = scenes.build(spec, {"train": 8, "val": 2, "test": 3}, seed=0, data_dir=tmp_path / "data", root=tree,
+                          extra_backgrounds=False, log=lambda *a: None)
+    monkeypatch.setenv("SOUNDSIGHT_SCENES_ROOT", str(tree))
+    out = tmp_path / "ev"
+    assert scene_evaluator.main(["--tiny", "--data", str(folder), "--more", "6", "--steps", "10", "--out", str(out),
+                                 "--run-dir", str(tmp_path / "run")]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["training"]["more_compositions"] == 6
+    assert (folder / "train-more-8-6.npz").is_file()
+    # 14 training scenes: 10 steps of 16 make 160 / 14 epochs
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "curve.jsonl").read_text().splitlines()
+              if '"epoch"' in line]
+    assert epochs and epochs[-1] == round(10 * 16 / 14, 3)
+
+
 REAL = Path("/") / scenes.STAMPS_DIR
 
 

@@ -17,7 +17,8 @@ top-3 mixing test read) — and the log of the loudest object's longer box side 
 Augmentation is light and leaves both targets true: horizontal flip, a shift of up to
 ``--shift`` px (reflected border), brightness / contrast jitter, and with probability
 ``--blur`` a 2x down-and-up resampling (generated images are softer than real ones).
-AdamW, warm-up + cosine decay; with ``--max-minutes`` (wall clock) or ``--max-cpu-minutes``
+``--more N`` adds N further compositions of the training stamps (``scenes.more_compositions``:
+the dataset's own training stream continued, cached next to it). AdamW, warm-up + cosine decay; with ``--max-minutes`` (wall clock) or ``--max-cpu-minutes``
 (this process's CPU time in training steps, so a budget means the same work on a busy machine)
 the schedule follows whichever of steps or time runs out first, so the learning rate still
 ends near 0.
@@ -172,8 +173,8 @@ def main(argv=None) -> int:
                                  size_std=float(sizes["train"].std()))
     labels_train = train.labels
     if args.more > 0:
-        # the 5000 stored compositions are seen ~30 times in a 12-minute run; more arrangements of
-        # the same stamps is what held-out scenes differ by most cheaply
+        # a 12-minute run sees each of the 5000 stored compositions ~30 times; fresh arrangements
+        # of the same stamps keep it from learning the scenes instead of the objects
         more = scenes.more_compositions(folder, args.more, log=log)
         images["train"] = torch.cat([images["train"], torch.from_numpy(np.ascontiguousarray(
             scenes.downsample(more["images"], args.size))).permute(0, 3, 1, 2).contiguous()])
