@@ -369,7 +369,7 @@ def run(args) -> dict:
     for backend, k in backends:
         t0 = time.time()
         sizes = []
-        noise = {"gan": z[:k], "ldm": lat[:k] if lat is not None else None}.get(backend)
+        noise = z[:k] if backend == "gan" else lat[:k] if backend == "ldm" else None
         for m in VOLUME:
             z_m = embed_audio(fa, split.audio(idx[:k], gains=rel[:k] * m), dev, args.batch)
             sizes.append(ev.predict(draw(backend, z_m, noise), batch=args.batch)["log_size"])
@@ -377,8 +377,8 @@ def run(args) -> dict:
         m_n = min(len(pairs), n_ldm) if backend == "ldm" else len(pairs)  # the LDM's mixes: at most --ldm-n
         if m_n:
             zm = torch.Generator().manual_seed(args.seed + 2)
-            noise = {"gan": lambda: G.sample_z(m_n, zm, truncation=args.truncation),
-                     "ldm": lambda: ldm_latents(ldm, m_n, zm)}.get(backend, lambda: None)()
+            noise = (G.sample_z(m_n, zm, truncation=args.truncation) if backend == "gan"
+                     else ldm_latents(ldm, m_n, zm) if backend == "ldm" else None)
             imgs = draw(backend, z_mix[:m_n], noise)
             c["mix_both_top3"] = both_top3(ev.predict(imgs, batch=args.batch)["logits"], mix_labels[:m_n])
             c["mixes_n"] = m_n

@@ -1186,7 +1186,7 @@ def more_compositions(folder, n: int, start: int | None = None, root=None, log=p
         with np.load(cache) as z:
             return {k: z[k] for k in keys}
     spec = SceneSpec(**meta["spec"])
-    with_extra = any(b["source"] not in ("mate-backgrounds",) for b in meta["backgrounds"])
+    with_extra = any(b["source"] != "mate-backgrounds" for b in meta["backgrounds"])
     catalog = scan(root, extra_backgrounds=with_extra, min_recordings=spec.min_recordings)
     if catalog.fingerprint() != meta["fingerprint"]:
         raise SystemExit(f"error: the installed packages differ from the ones {folder.name} was built from; "
