@@ -332,10 +332,11 @@ def run(args) -> dict:
     def retrieve(feats: torch.Tensor) -> torch.Tensor:
         return sc.to_unit(train_ev[nearest(feats)], "cpu")
 
-    add_row("C", "C", "retrieval: nearest training image by f_A -> f_V", retrieve(z_a))
+    near_a = nearest(z_a)
+    add_row("C", "C", "retrieval: nearest training image by f_A -> f_V", sc.to_unit(train_ev[near_a], "cpu"))
     # the retrieved image's own feature is a condition G trained on: what G loses against (C)
     # on it is the generator's loss alone, with no audio-to-image gap left
-    add_row("C-gan", "C'", "GAN from the retrieved training image's f_V", gan_images(G, train_f[nearest(z_a)], z, dev,
+    add_row("C-gan", "C'", "GAN from the retrieved training image's f_V", gan_images(G, train_f[near_a], z, dev,
                                                                                      args.batch))
     log(f"retrieval over {len(train_f)} training images: {time.time() - t0:.0f}s")
     add_row("D", "D", f"real {args.split} images", real, with_fid=False)

@@ -170,11 +170,6 @@ def extra_dataset(folder: str, primary: rooms_mod.RoomsData) -> tuple[rooms_mod.
     return ds, sorted(ds.room_ids("seen") + ds.room_ids("unseen"))
 
 
-def extra_targets(folder: str, primary: rooms_mod.RoomsData) -> torch.Tensor:
-    ds, ids = extra_dataset(folder, primary)
-    return targets_for(ds, ids)[0]
-
-
 def extra_training_rooms(folders: list[str], primary: rooms_mod.RoomsData, args, run: Path, log=print):
     """Every room of each ``--extra-data`` dataset as training data: (pictures uint8 (M, H, W, 3),
     their extra views (M, V, H, W, 3), targets (M, 7), auxiliary targets (M, 10)), one entry per dataset. Rooms are sampled from the dataset's
@@ -536,11 +531,12 @@ def main(argv=None) -> int:
         # the training-mean baseline is the mean over every training room, so the extra datasets
         # the model trained on have to be named again (their pictures are not needed)
         trained_on = card.get("training", {}).get("rooms", {}).get("extra datasets (all rooms train)", [])
-        given = [find_rooms(f, False).name for f in args.extra_data]
+        extras = [extra_dataset(f, ds) for f in args.extra_data]
+        given = [e.folder.name for e, _ in extras]
         if sorted(trained_on) != sorted(given):
             raise SystemExit(f"error: {out} was trained with --extra-data {', '.join(trained_on) or '(none)'}; "
                              f"pass the same datasets to --evaluate (given: {', '.join(given) or 'none'})")
-        y_all = torch.cat([y_tr, *(extra_targets(f, ds) for f in args.extra_data)])
+        y_all = torch.cat([y_tr, *(targets_for(e, ids)[0] for e, ids in extras)])
         metrics = all_metrics(model, ds, train_ids, y_all, truth_tr, eval_sets, model.cfg.image_size)
         log(json.dumps(metrics["unseen_rooms" if unseen_ids else "val_seen_rooms"], indent=1))
         card["metrics"] = metrics

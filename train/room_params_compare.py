@@ -21,6 +21,7 @@ import torch
 
 from soundsight_plugins.acoustic_match.room_params_net import RoomParamsNet
 from soundsight_train import rooms as rooms_mod
+from soundsight_train.forecast_stats import bootstrap_mean_ci
 from soundsight_train.room_params import predict, targets_for, to_tensor
 
 
@@ -36,12 +37,6 @@ def errors(model_folder: str, data: str) -> tuple[list[int], np.ndarray, np.ndar
     rt = np.abs(np.array([p["rt60"] for p in pred]) - np.array([t["rt60_speech"] for t in truth]))
     drr = np.abs(np.array([p["drr_db"] for p in pred]) - np.array([t["drr"] for t in truth]))
     return ids, rt, drr
-
-
-def interval(d: np.ndarray, n_boot: int, seed: int = 0) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def main(argv=None) -> int:
@@ -63,7 +58,8 @@ def main(argv=None) -> int:
             print(f"error: {run} has other unseen rooms than {ref}", file=sys.stderr)
             return 2
         d_rt, d_drr = res[run][1] - res[ref][1], res[run][2] - res[ref][2]
-        (a, b), (c, e) = interval(d_rt, args.boot), interval(d_drr, args.boot)
+        idx = np.random.default_rng(0).integers(0, len(d_rt), (args.boot, len(d_rt)))  # one paired resample
+        (a, b), (c, e) = bootstrap_mean_ci(d_rt, idx), bootstrap_mean_ci(d_drr, idx)
         print(f"{run} minus {ref}: RT60 {d_rt.mean():+.3f} s [{a:+.3f}, {b:+.3f}], DRR {d_drr.mean():+.2f} dB [{c:+.2f}, {e:+.2f}]")
     return 0
 
