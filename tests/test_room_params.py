@@ -397,3 +397,66 @@ def test_physics_model_trains_on_its_room_reading_and_mirrors_the_side_walls(tin
     # resuming checks the config as JSON gives it back (the geometry offsets are a list there)
     assert room_params.main(["--tiny", "--physics", "--steps", "8", "--data", str(tiny_rooms), "--out", str(out),
                              "--run-dir", str(run), "--threads", "1", "--resume"]) == 0
+
+
+def test_augment_moves_the_surface_map_with_the_picture(tiny_rooms):  # noqa: F811
+    from soundsight_plugins.acoustic_match import room_params_net as net
+    from soundsight_train import room_params, rooms
+
+    ds = rooms.RoomsData(tiny_rooms)
+    S = ds.image(0).shape[0]
+    labs = torch.from_numpy(np.stack([rooms.surface_map(ds.rooms[r], S) for r in range(len(ds.rooms))] * 4))
+    # each label painted in its own colour (3 bits): after the augmentation the colours must still
+    # say the label, with the west and east walls swapped where the picture was mirrored
+    code = torch.tensor([[(k >> b) & 1 for b in range(3)] for k in range(len(net.REGIONS))], dtype=torch.float32)
+    x = (code[labs.long()] * 0.8 + 0.1).permute(0, 3, 1, 2)
+    xa, flip, la = room_params.augment(x, torch.Generator().manual_seed(0), labs)
+    assert flip.any() and (~flip).any() and la.dtype == labs.dtype
+    seen = ((xa > 0.5).long() * torch.tensor([1, 2, 4])[None, :, None, None]).sum(1)
+    w, e = net.SURFACES.index("west"), net.SURFACES.index("east")
+    swap = torch.arange(len(net.REGIONS))
+    swap[w], swap[e] = e, w
+    seen = torch.where(flip[:, None, None], swap[seen], seen)
+    assert (seen == la.long()).float().mean() > 0.97  # only the crops' resampled edges differ
+    assert net.dense_targets(la, (8, 8)).shape == (len(la), 8, 8)
+
+
+def test_dense_head_pools_its_pixels_into_the_surface_reading():
+    from soundsight_plugins.acoustic_match import room_params_net as net
+
+    m = _tiny(physics=True, dense=True, vocabulary="material", dropout=0.0)
+    out, aux, dense = m.forward_all(torch.rand(2, 3, 32, 32))
+    rows = net.table_rows("material")["total"]
+    assert dense.shape == (2, len(net.REGIONS) + rows, 8, 8) and aux.shape == (2, net.n_aux("material"))
+    # the pooled term: pixels the head gives to the floor, all saying "entry 3", make the floor read entry 3
+    fake = torch.full((1, len(net.REGIONS) + rows, 8, 8), -20.0)
+    fake[:, net.SURFACES.index("floor")] = 20.0
+    fake[:, len(net.REGIONS) + 3] = 20.0
+    pooled = net.pooled_dense_logits(fake, "material")
+    _, logits = net.split_aux(pooled, "material")
+    assert int(logits["floor"].argmax()) == 3 and float(logits["floor"].max() - logits["floor"].min()) > 20
+    assert float(logits["south"].abs().max()) < 1.0  # a surface with no pixels adds ~nothing
+    assert torch.equal(pooled[:, : len(net.GEOMETRY)], torch.zeros(1, len(net.GEOMETRY)))
+    # the per-pixel loss falls on a step and is low for a head that states the truth
+    labels = torch.zeros(1, 8, 8, dtype=torch.long)  # all floor
+    target = torch.tensor([[1.0, 1.5, 1.0, 0.5, 3, 0, 0, 0, 0, 0]])
+    assert float(net.dense_loss(fake, labels, target, "material")) < 1e-3
+    assert float(net.dense_loss(fake, labels, target.clone().index_fill_(1, torch.tensor([4]), 5.0), "material")) > 10
+    with pytest.raises(ValueError, match="physics"):
+        _tiny(dense=True)
+
+
+def test_dense_trainer_runs_and_writes_its_config(tiny_rooms, tmp_path):  # noqa: F811
+    from soundsight.registry import resolve
+    from soundsight_train import room_params
+
+    out = tmp_path / "dense"
+    assert room_params.main(["--tiny", "--physics", "--dense", "1", "--data", str(tiny_rooms), "--out", str(out),
+                             "--run-dir", str(tmp_path / "run"), "--threads", "1"]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["config"]["dense"] is True and "per-pixel" in card["training"]["loss"]
+    model = loaders.ARCHITECTURES["room-params"][1](resolve(out), "cpu")
+    assert model.cfg.dense and np.isfinite(model.estimate(torch.rand(1, 3, 32, 32))[0]["rt60"])
+    with pytest.raises(SystemExit, match="--dense needs --physics"):
+        room_params.main(["--tiny", "--dense", "1", "--data", str(tiny_rooms), "--out", str(tmp_path / "x"),
+                          "--run-dir", str(tmp_path / "run2")])

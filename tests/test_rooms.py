@@ -85,6 +85,36 @@ def test_render_is_deterministic():
     assert a.std() > 10  # not a flat picture
 
 
+def test_surface_map_labels_what_the_render_shows():
+    from soundsight_plugins.acoustic_match import room_params_net as net
+
+    assert net.REGIONS[: len(rooms.SURFACES)] == rooms.SURFACES and len(net.REGIONS) == rooms.N_SURFACE_LABELS
+    assert net.REGIONS.index("speaker") == rooms.SPEAKER_LABEL and net.REGIONS.index("door") == rooms.DOOR_LABEL
+    base = _with_materials(_room(5), dims=(5.0, 12.0, 3.0))
+    lab = rooms.surface_map(base, 64)
+    assert lab.shape == (64, 64) and lab.dtype == np.uint8
+    assert np.array_equal(lab, rooms.surface_map(copy.deepcopy(base), 64))
+    # the camera looks north, level: ceiling above floor, west left of east, the speaker in view
+    f = rooms.SURFACES.index
+    rows = lambda k: np.nonzero((lab == k).any(axis=1))[0]  # noqa: E731
+    cols = lambda k: np.nonzero((lab == k).any(axis=0))[0]  # noqa: E731
+    assert rows(f("ceiling")).mean() < rows(f("north")).mean() < rows(f("floor")).mean()
+    assert cols(f("west")).mean() < cols(f("north")).mean() < cols(f("east")).mean()
+    assert not (lab == f("south")).any() and (lab == rooms.SPEAKER_LABEL).sum() > 10
+    # the speaker's pixels are where the render differs from the same room without the speaker
+    away = copy.deepcopy(base)
+    away["speaker"]["mouth"] = [2.5, 0.1, 1.6]  # behind the camera
+    changed = np.abs(rooms.render_room(base, size=64).astype(float) - rooms.render_room(away, size=64)).sum(axis=2) > 30
+    spk = lab == rooms.SPEAKER_LABEL
+    assert (changed & spk).sum() > 0.8 * spk.sum()
+    assert not (rooms.surface_map(away, 64) == rooms.SPEAKER_LABEL).any()
+    # a door is its own label, on its wall
+    door = copy.deepcopy(away)
+    door["door"] = {"wall": "north", "u0": 2.0, "width": 0.9, "height": 2.05, "colour": [0.5, 0.3, 0.2]}
+    dl = rooms.surface_map(door, 64)
+    assert (dl == rooms.DOOR_LABEL).sum() > 5 and set(np.unique(lab[dl == rooms.DOOR_LABEL])) <= {f("north"), rooms.SPEAKER_LABEL}
+
+
 def test_materials_render_differently():
     base = _with_materials(_room(4), dims=(4.0, 6.0, 2.8))
     pics = {}

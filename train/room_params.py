@@ -130,6 +130,16 @@ def jittered_room(room: dict, rng) -> dict:
     return r
 
 
+def view_rooms(ds, room_ids: list[int], views: int, seed: int) -> list[list[dict]]:
+    """The jittered room of each extra view (``jittered_room``), seeded per room: the same rooms
+    whether the views are rendered now or read from the cache."""
+    out = []
+    for r in room_ids:
+        rng = np.random.default_rng([seed, 13, r])
+        out.append([jittered_room(ds.rooms[r], rng) for _ in range(views)])
+    return out
+
+
 def extra_views(ds, room_ids: list[int], views: int, run: Path, seed: int, log=print) -> np.ndarray:
     """uint8 (len(room_ids), views, S, S, 3), rendered once and cached in the run folder."""
     S = int(ds.meta.get("image_size", rooms_mod.IMAGE_SIZE))
@@ -143,15 +153,25 @@ def extra_views(ds, room_ids: list[int], views: int, run: Path, seed: int, log=p
             return z["views"]
     t0 = time.time()
     out = np.zeros((len(room_ids), views, S, S, 3), np.uint8)
-    for i, r in enumerate(room_ids):
-        rng = np.random.default_rng([seed, 13, r])
-        for v in range(views):
-            out[i, v] = rooms_mod.render_room(jittered_room(ds.rooms[r], rng), size=S, textures=textures)
+    for i, vr in enumerate(view_rooms(ds, room_ids, views, seed)):
+        for v, room in enumerate(vr):
+            out[i, v] = rooms_mod.render_room(room, size=S, textures=textures)
     run.mkdir(parents=True, exist_ok=True)
     tmp = run / f".{cache.name}.tmp.npz"
     np.savez_compressed(tmp, views=out)
     tmp.rename(cache)
     log(f"rendered {len(room_ids) * views} extra views in {time.time() - t0:.0f} s (cached: {cache})")
+    return out
+
+
+def surface_maps(ds, room_ids: list[int], views: int, seed: int) -> np.ndarray:
+    """uint8 (len(room_ids), 1 + views, S, S): ``rooms.surface_map`` of each room's picture, then of
+    its extra views (geometry only: ~4 ms each, so not cached)."""
+    S = int(ds.meta.get("image_size", rooms_mod.IMAGE_SIZE))
+    out = np.zeros((len(room_ids), 1 + views, S, S), np.uint8)
+    for i, (r, vr) in enumerate(zip(room_ids, view_rooms(ds, room_ids, views, seed))):
+        for v, room in enumerate([ds.rooms[r]] + vr):
+            out[i, v] = rooms_mod.surface_map(room, S)
     return out
 
 
@@ -172,10 +192,11 @@ def extra_dataset(folder: str, primary: rooms_mod.RoomsData) -> tuple[rooms_mod.
 
 def extra_training_rooms(folders: list[str], primary: rooms_mod.RoomsData, args, run: Path, log=print):
     """Every room of each ``--extra-data`` dataset as training data: (pictures uint8 (M, H, W, 3),
-    their extra views (M, V, H, W, 3), targets (M, 7), auxiliary targets (M, 10)), one entry per dataset. Rooms are sampled from the dataset's
+    their extra views (M, V, H, W, 3), targets (M, 7), auxiliary targets (M, 10), with ``--dense`` their
+    surface maps (M, 1 + V, H, W)), one entry per dataset. Rooms are sampled from the dataset's
     seed, so a dataset with another seed shares no room with the primary one and its unseen split
     may train too; the same seed would repeat the primary's (unseen) rooms, so it is refused."""
-    pics, views, ys, auxs = [], [], [], []
+    pics, views, ys, auxs, maps = [], [], [], [], []
     for f in folders:
         ds, ids = extra_dataset(f, primary)
         y, _ = targets_for(ds, ids)
@@ -183,8 +204,10 @@ def extra_training_rooms(folders: list[str], primary: rooms_mod.RoomsData, args,
         views.append(extra_views(ds, ids, args.views, run, args.seed, log))
         ys.append(y)
         auxs.append(aux_targets_for(ds, ids, args.vocabulary))
+        if args.dense:
+            maps.append(surface_maps(ds, ids, args.views, args.seed))
         log(f"extra training rooms: {len(ids)} from {ds.folder}")
-    return pics, views, ys, auxs
+    return pics, views, ys, auxs, maps
 
 
 def to_tensor(images: np.ndarray, size: int) -> torch.Tensor:
@@ -195,29 +218,43 @@ def to_tensor(images: np.ndarray, size: int) -> torch.Tensor:
     return x
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def augment(x: torch.Tensor, gen: torch.Generator, labels: torch.Tensor | None = None):
     """Mirror, random crop (80-100 % of the side, resized back), brightness/contrast/colour gain.
-    Returns the pictures and which were mirrored (a mirror swaps the west and east walls)."""
+    Returns the pictures, which were mirrored (a mirror swaps the west and east walls) and, given
+    ``labels`` (B, S, S: ``rooms.surface_map``), the labels moved with them (nearest, walls swapped)."""
     B, _, S, _ = x.shape
     out = torch.empty_like(x)
+    lab_out = None if labels is None else torch.empty_like(labels)
+    swap = torch.arange(len(net.REGIONS))
+    w, e = net.SURFACES.index("west"), net.SURFACES.index("east")
+    swap[w], swap[e] = e, w
     flip = torch.rand(B, generator=gen) < 0.5
     for i in range(B):
         img = x[i]
+        lab = None if labels is None else labels[i]
         if flip[i]:
             img = torch.flip(img, dims=[-1])
+            if lab is not None:
+                lab = swap[torch.flip(lab, dims=[-1]).long()].to(labels.dtype)
         c = int(round(S * float(0.8 + 0.2 * torch.rand(1, generator=gen))))
         if c < S:
             top = int(torch.randint(0, S - c + 1, (1,), generator=gen))
             left = int(torch.randint(0, S - c + 1, (1,), generator=gen))
             img = F.interpolate(img[None, :, top: top + c, left: left + c], size=(S, S), mode="bilinear",
                                 align_corners=False)[0]
+            if lab is not None:
+                idx = top + ((torch.arange(S) + 0.5) * c / S).long().clamp_max(c - 1)
+                jdx = left + ((torch.arange(S) + 0.5) * c / S).long().clamp_max(c - 1)
+                lab = lab[idx][:, jdx]
         out[i] = img
+        if lab is not None:
+            lab_out[i] = lab
     bright = 1 + 0.15 * (2 * torch.rand(B, 1, 1, 1, generator=gen) - 1)
     contrast = 1 + 0.15 * (2 * torch.rand(B, 1, 1, 1, generator=gen) - 1)
     gain = 1 + 0.05 * (2 * torch.rand(B, 3, 1, 1, generator=gen) - 1)
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     out = ((out - mean) * contrast + mean) * bright * gain
-    return out.clamp(0.0, 1.0), flip
+    return out.clamp(0.0, 1.0), flip, lab_out
 
 
 def mirror_aux_targets(target: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
@@ -440,6 +477,10 @@ def parse(argv=None):
                     help="what the physics head names per surface: its class (carpet, brick ...) or its material "
                          "(carpet_thin, curtains_velvet ...; useful on pictures from rooms build --textures material)")
     ap.add_argument("--aux-weight", type=float, default=1.0, help="weight of the room-reading loss (--physics)")
+    ap.add_argument("--dense", type=float, default=0.0, metavar="W",
+                    help="with --physics: a dense head that labels each pixel's surface and material, trained "
+                         "with weight W on the renderer's surface maps, and pooled into the surface reading "
+                         "(0: off)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--views", type=int, default=5, help="extra rendered views per training room (0: none)")
@@ -483,6 +524,8 @@ def write_registry(out: Path, model_state, cfg, args, state, metrics, folder, ds
                                   "material classes: the RIR is unchanged), mirror, 80-100 % crops, brightness / "
                                   "contrast / colour-gain jitter",
                   "loss": "L1 on log RT60 (speech band + 250 Hz .. 4 kHz octaves) + L1 on DRR / 10 dB"
+                          + (f" + {args.dense} x per-pixel cross-entropy of the surface and its "
+                             f"{cfg.vocabulary} (rooms.surface_map)" if cfg.dense else "")
                           + (f" + {args.aux_weight} x (L1 on log room dimensions and speaker distance + mean "
                              f"cross-entropy of the six surfaces' {'material classes' if cfg.vocabulary == 'class' else 'materials and their classes'})"
                              if cfg.physics else ""),
@@ -546,6 +589,10 @@ def main(argv=None) -> int:
     m_log = y_tr[:, :6].mean().item()
     sizes = {k: v for k, v in (("image_size", args.image_size), ("width", args.width),
                                 ("stem_stride", args.stem_stride), ("grid", args.grid)) if v}
+    if args.dense and not args.physics:
+        raise SystemExit("error: --dense needs --physics")
+    if args.dense:
+        sizes.update(dense=True)
     if args.physics:
         sizes.update(physics=True, vocabulary=args.vocabulary, init_geometry=tuple(round(float(v), 4) for v in a_tr[:, :4].mean(0)))
     cfg = RoomParamsConfig.preset(args.preset, init_log_rt60=round(m_log, 4), init_drr=round(y_tr[:, 6].mean().item(), 4),
@@ -570,7 +617,8 @@ def main(argv=None) -> int:
     # pictures stay uint8 until a batch is drawn: thousands of rooms x views as floats would take GBs
     pics = [np.stack([ds.image(r) for r in train_ids])]
     views = [extra_views(ds, train_ids, args.views, run, args.seed, log)]
-    more_pics, more_views, more_y, more_a = extra_training_rooms(args.extra_data, ds, args, run, log)
+    more_pics, more_views, more_y, more_a, more_maps = extra_training_rooms(args.extra_data, ds, args, run, log)
+    maps = np.concatenate([surface_maps(ds, train_ids, args.views, args.seed)] + more_maps) if args.dense else None
     state["views_seconds"] = state.get("views_seconds") or round(time.time() - t0, 1)
     pics, views = np.concatenate(pics + more_pics), np.concatenate(views + more_views)
     y_tr, a_tr = torch.cat([y_tr, *more_y]), torch.cat([a_tr, *more_a])
@@ -600,11 +648,20 @@ def main(argv=None) -> int:
         idx = rng.integers(0, len(pics), size=args.batch)
         which = rng.integers(0, args.views + 1, size=args.batch)  # 0: the dataset's picture, k: extra view k
         x = to_tensor(np.stack([pics[i] if w == 0 else views[i, w - 1] for i, w in zip(idx, which)]), S)
-        x, flip = augment(x, gen)
-        pred, aux = model.forward_parts(x)
+        lab = None
+        if maps is not None:
+            lab = torch.from_numpy(maps[idx, which])
+            if lab.shape[-1] != S:
+                lab = net.dense_targets(lab, (S, S)).to(torch.uint8)
+        x, flip, lab = augment(x, gen, lab)
+        pred, aux, dense = model.forward_all(x)
         loss = loss_fn(pred, y_tr[idx])
         if aux is not None:
-            loss = loss + args.aux_weight * aux_loss(aux, mirror_aux_targets(a_tr[idx], flip), cfg.vocabulary)
+            a_t = mirror_aux_targets(a_tr[idx], flip)
+            loss = loss + args.aux_weight * aux_loss(aux, a_t, cfg.vocabulary)
+            if dense is not None:
+                loss = loss + args.dense * net.dense_loss(dense, net.dense_targets(lab, dense.shape[-2:]), a_t,
+                                                          cfg.vocabulary)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

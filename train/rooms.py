@@ -854,13 +854,10 @@ def _camera_basis(cam: dict):
     return f, r, u
 
 
-def render_room(room: dict, size: int = IMAGE_SIZE, supersample: int = 2, textures: str = "class") -> np.ndarray:
-    """uint8 (size, size, 3) picture of the room from the microphone. Deterministic. ``textures``:
-    "class" (one look per class) or "material" (one per material: ``_texture_by_material``)."""
-    if textures not in TEXTURES:
-        raise ValueError(f"textures must be one of {TEXTURES}, got {textures!r}")
+def _cast(room: dict, S: int):
+    """Rays through the centres of an S x S picture from the microphone, and where they hit the box:
+    the camera origin, unit directions (N, 3), distance t, hit point p and face id (SURFACES order)."""
     W, D, H = room["dims"]
-    S = size * supersample
     cam = room["camera"]
     o = np.asarray(cam["pos"], dtype=np.float64)
     f, r, up = _camera_basis(cam)
@@ -880,6 +877,85 @@ def render_room(room: dict, size: int = IMAGE_SIZE, supersample: int = 2, textur
     # face ids: floor, ceiling, west, east, south, north
     face = np.where(axis == 2, np.where(positive, 1, 0), np.where(axis == 0, np.where(positive, 3, 2),
                                                                       np.where(positive, 5, 4)))
+    return o, d, t, p, face, tan
+
+
+def _face_uv(surf: str, q: np.ndarray, dims) -> tuple:
+    """A face's texture coordinates (metres) of hit points q and the face's extent."""
+    W, D, H = dims
+    if surf in ("floor", "ceiling"):
+        return q[:, 0], q[:, 1], (W, D)
+    if surf in ("west", "east"):
+        return q[:, 1], q[:, 2], (D, H)
+    return q[:, 0], q[:, 2], (W, H)
+
+
+def _in_door(room: dict, surf: str, u, v) -> np.ndarray:
+    door = room.get("door")
+    if not door or door["wall"] != surf:
+        return np.zeros(len(u), dtype=bool)
+    return (u > door["u0"]) & (u < door["u0"] + door["width"]) & (v < door["height"])
+
+
+def _speaker_hits(o, d, t, spk: dict):
+    """Which rays hit the speaker's body cylinder (floor .. shoulders) or head sphere before the wall,
+    and at which distances: (body, tc, head, th, head centre, head radius)."""
+    rb = spk["body_radius"]
+    sx, sy, mouth = spk["mouth"]
+    shoulder = mouth - 0.13
+    ox, oy = o[0] - sx, o[1] - sy
+    a = d[:, 0] ** 2 + d[:, 1] ** 2
+    b = 2 * (ox * d[:, 0] + oy * d[:, 1])
+    c = ox * ox + oy * oy - rb * rb
+    disc = b * b - 4 * a * c
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tc = (-b - np.sqrt(np.maximum(disc, 0))) / (2 * a)
+    zc = o[2] + tc * d[:, 2]
+    body = (disc > 0) & (tc > 0) & (zc >= 0) & (zc <= shoulder) & (tc < t)
+    head_c = np.array([sx, sy, mouth + 0.04])
+    rh = 0.115
+    oc = o - head_c
+    bh = np.sum(d * oc, axis=1)
+    ch = np.sum(oc * oc) - rh * rh
+    dh = bh * bh - ch
+    th = -bh - np.sqrt(np.maximum(dh, 0))
+    head = (dh > 0) & (th > 0) & (th < np.where(body, tc, t))
+    body &= ~head
+    return body, tc, head, th, head_c, rh
+
+
+# labels of surface_map beyond the six faces (SURFACES order, 0..5)
+SPEAKER_LABEL, DOOR_LABEL = 6, 7
+N_SURFACE_LABELS = 8
+
+
+def surface_map(room: dict, size: int = IMAGE_SIZE) -> np.ndarray:
+    """uint8 (size, size): what each pixel of ``render_room``'s picture shows at its centre: the face
+    (index in SURFACES), SPEAKER_LABEL or DOOR_LABEL (a door is not its wall's material).
+    Geometry only, so it costs a small fraction of a render; the dense supervision of
+    ``room_params --dense``."""
+    o, d, t, p, face, _ = _cast(room, size)
+    lab = face.astype(np.uint8)
+    for fi, surf in enumerate(SURFACES):
+        sel = face == fi
+        if sel.any():
+            u, v, _ = _face_uv(surf, p[sel], room["dims"])
+            idx = np.flatnonzero(sel)[_in_door(room, surf, u, v)]
+            lab[idx] = DOOR_LABEL
+    body, _, head, _, _, _ = _speaker_hits(o, d, t, room["speaker"])
+    lab[body | head] = SPEAKER_LABEL
+    return lab.reshape(size, size)
+
+
+def render_room(room: dict, size: int = IMAGE_SIZE, supersample: int = 2, textures: str = "class") -> np.ndarray:
+    """uint8 (size, size, 3) picture of the room from the microphone. Deterministic. ``textures``:
+    "class" (one look per class) or "material" (one per material: ``_texture_by_material``)."""
+    if textures not in TEXTURES:
+        raise ValueError(f"textures must be one of {TEXTURES}, got {textures!r}")
+    W, D, H = room["dims"]
+    S = size * supersample
+    o, d, t, p, face, tan = _cast(room, S)
+    N = len(d)
     normals = np.array([[0, 0, 1], [0, 0, -1], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0]], dtype=np.float64)
     cos_in = np.abs(np.sum(normals[face] * d, axis=1))
     fp = t * (2 * tan / S) / np.maximum(cos_in, 0.1)  # metres per (supersampled) pixel
@@ -890,13 +966,7 @@ def render_room(room: dict, size: int = IMAGE_SIZE, supersample: int = 2, textur
         sel = face == fi
         if not sel.any():
             continue
-        q = p[sel]
-        if surf in ("floor", "ceiling"):
-            u, v, ext = q[:, 0], q[:, 1], (W, D)
-        elif surf in ("west", "east"):
-            u, v, ext = q[:, 1], q[:, 2], (D, H)
-        else:
-            u, v, ext = q[:, 0], q[:, 2], (W, H)
+        u, v, ext = _face_uv(surf, p[sel], room["dims"])
         where = surf if surf in ("floor", "ceiling") else "wall"
         if textures == "material":
             c, e = _texture_by_material(room["classes"][surf], room["materials"][surf], where, u, v,
@@ -912,7 +982,7 @@ def render_room(room: dict, size: int = IMAGE_SIZE, supersample: int = 2, textur
             e = np.maximum(e, lamp.astype(np.float64))
         door = room.get("door")
         if door and door["wall"] == surf:
-            inside = (u > door["u0"]) & (u < door["u0"] + door["width"]) & (v < door["height"])
+            inside = _in_door(room, surf, u, v)
             frame = inside & ((u < door["u0"] + 0.06) | (u > door["u0"] + door["width"] - 0.06) | (v > door["height"] - 0.06))
             c[inside] = np.asarray(door["colour"]) * (0.9 + 0.1 * _noise(u[inside], v[inside], 0.3, seed))[:, None]
             c[frame] = [0.85, 0.85, 0.82]
@@ -951,32 +1021,14 @@ def render_room(room: dict, size: int = IMAGE_SIZE, supersample: int = 2, textur
     lit[line] *= 0.55
     # the speaker's shadow on the floor
     spk = room["speaker"]
-    sx, sy, mouth = spk["mouth"]
+    sx, sy, _ = spk["mouth"]
+    rb = spk["body_radius"]
     fl = face == 0
     rr = ((p[:, 0] - sx) ** 2 + (p[:, 1] - sy) ** 2)
-    lit[fl & (rr < (spk["body_radius"] * 2.0) ** 2)] *= 0.65
+    lit[fl & (rr < (rb * 2.0) ** 2)] *= 0.65
     lit *= fog[:, None]
     # the speaker: body cylinder (floor .. shoulders) and head sphere
-    rb = spk["body_radius"]
-    shoulder = mouth - 0.13
-    ox, oy = o[0] - sx, o[1] - sy
-    a = d[:, 0] ** 2 + d[:, 1] ** 2
-    b = 2 * (ox * d[:, 0] + oy * d[:, 1])
-    c = ox * ox + oy * oy - rb * rb
-    disc = b * b - 4 * a * c
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tc = (-b - np.sqrt(np.maximum(disc, 0))) / (2 * a)
-    zc = o[2] + tc * d[:, 2]
-    body = (disc > 0) & (tc > 0) & (zc >= 0) & (zc <= shoulder) & (tc < t)
-    head_c = np.array([sx, sy, mouth + 0.04])
-    rh = 0.115
-    oc = o - head_c
-    bh = np.sum(d * oc, axis=1)
-    ch = np.sum(oc * oc) - rh * rh
-    dh = bh * bh - ch
-    th = -bh - np.sqrt(np.maximum(dh, 0))
-    head = (dh > 0) & (th > 0) & (th < np.where(body, tc, t))
-    body &= ~head
+    body, tc, head, th, head_c, rh = _speaker_hits(o, d, t, spk)
     if body.any():
         pb = o + tc[body, None] * d[body]
         nb = np.stack([pb[:, 0] - sx, pb[:, 1] - sy, 0 * pb[:, 0]], axis=1) / rb

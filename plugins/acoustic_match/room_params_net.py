@@ -88,6 +88,9 @@ MATERIALS = {
 # material ("material": for pictures with a look per material, rooms build --textures material)
 VOCABULARIES = ("class", "material")
 GEOMETRY = ("log_width", "log_depth", "log_height", "log_distance")
+# what each pixel of a picture shows, for the dense head (== soundsight_train.rooms.surface_map's
+# labels, asserted in the tests): the six faces, the speaker, a door
+REGIONS = SURFACES + ("speaker", "door")
 
 
 def group(surface: str) -> str:
@@ -157,6 +160,13 @@ class RoomParamsConfig:
     grid: int = 0
     grid_channels: int = 16
     init_geometry: tuple = (1.3, 1.6, 1.1, 0.7)  # offsets of GEOMETRY (the training rooms' means)
+    # dense head (physics only): per pixel of the 1/4-resolution map, which region it shows and
+    # its vocabulary entry; each visible surface's entry log-probabilities, averaged over the
+    # pixels the head assigns to it, are added to the global head's logits. Why: a surface's
+    # material is a texture a few pixels across, and one label per surface per picture was too
+    # weak a signal to learn it from (README)
+    dense: bool = False
+    dense_channels: int = 32
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "RoomParamsConfig":
@@ -240,6 +250,13 @@ class RoomParamsNet(nn.Module):
             # database and it is saved with the weights (the name is the first model's)
             rows = table_rows(cfg.vocabulary)["total"]
             self.register_buffer("class_absorption", torch.full((rows, len(BANDS)), 0.1))
+        if cfg.dense:
+            if not cfg.physics:
+                raise ValueError("dense needs physics (it refines the physics head's surface reading)")
+            dc = cfg.dense_channels
+            self.lateral = nn.ModuleList(nn.Conv2d(cw, dc, 1, bias=False) for cw in widths[1:])
+            self.dense_head = nn.Sequential(nn.Conv2d(dc, dc, 3, 1, 1, bias=False), _norm(dc), nn.ReLU(),
+                                            nn.Conv2d(dc, len(REGIONS) + table_rows(cfg.vocabulary)["total"], 1))
 
     @property
     def image_size(self) -> int:
@@ -268,8 +285,17 @@ class RoomParamsNet(nn.Module):
     def forward_parts(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The outputs and, with ``physics``, the auxiliary room reading (B, n_aux): GEOMETRY,
         then each surface's vocabulary logits in SURFACES order (None without ``physics``)."""
-        x = (image - 0.5) / 0.25
-        fmap = self.body(self.stem(x))
+        return self.forward_all(image)[:2]
+
+    def forward_all(self, image: torch.Tensor):
+        """``forward_parts`` and, with ``dense``, the dense head's logits (B, len(REGIONS) + vocabulary
+        rows, S/4, S/4) (else None)."""
+        x = self.stem((image - 0.5) / 0.25)
+        maps = []
+        for block in self.body:
+            x = block(x)
+            maps.append(x)
+        fmap = maps[-1]
         h = fmap.flatten(2)
         feat = [h.mean(-1), h.amax(-1)]
         if self.cfg.grid:
@@ -277,9 +303,16 @@ class RoomParamsNet(nn.Module):
         feat = torch.cat(feat, dim=1)
         out = self.head(feat)
         if not self.cfg.physics:
-            return out, None
+            return out, None, None
         aux = self.aux(feat)
-        return out + eyring_outputs(aux, self.class_absorption, self.cfg.vocabulary), aux
+        dense = None
+        if self.cfg.dense:
+            size = maps[1].shape[-2:]
+            fused = sum(F.interpolate(lat(m), size=size, mode="bilinear", align_corners=False) if k else lat(m)
+                        for k, (lat, m) in enumerate(zip(self.lateral, maps[1:])))
+            dense = self.dense_head(F.relu(fused))
+            aux = aux + pooled_dense_logits(dense, self.cfg.vocabulary)
+        return out + eyring_outputs(aux, self.class_absorption, self.cfg.vocabulary), aux, dense
 
     @torch.no_grad()
     def estimate(self, image: torch.Tensor) -> list[dict]:
@@ -355,6 +388,62 @@ def aux_loss(aux: torch.Tensor, target: torch.Tensor, vocabulary: str = "class")
             ce.append(F.cross_entropy(class_logits(logits[s], s, vocabulary), to_class[t]))
     # x 2 with materials: the two cross-entropies' means add up, each weighted as the class one alone
     return loss + torch.stack(ce).mean() * (1 if vocabulary == "class" else 2)
+
+
+def pooled_dense_logits(dense: torch.Tensor, vocabulary: str) -> torch.Tensor:
+    """(B, n_aux) to add to the global head's reading: zero geometry, and for each visible surface
+    the mean of its vocabulary's per-pixel log-probabilities, weighted by the probability that the
+    pixel shows that surface; the weights' sum gets one pixel's worth more, so a surface the
+    head hardly sees (the wall behind the camera) adds almost nothing."""
+    B = dense.shape[0]
+    regions = dense[:, : len(REGIONS)].float().softmax(1)
+    first = table_rows(vocabulary)
+    parts = [torch.zeros(B, len(GEOMETRY), device=dense.device)]
+    for k, s in enumerate(SURFACES):
+        n = len(vocabulary_of(s, vocabulary))
+        r0 = len(REGIONS) + first[group(s)]
+        logp = dense[:, r0: r0 + n].float().log_softmax(1)
+        w = regions[:, k: k + 1]
+        parts.append((logp * w).sum((2, 3)) / (w.sum((2, 3)) + 1.0))
+    return torch.cat(parts, dim=1).to(dense.dtype)
+
+
+def dense_targets(labels: torch.Tensor, size) -> torch.Tensor:
+    """Region labels (B, S, S) (``rooms.surface_map``, after the picture's augmentation) at the dense
+    head's resolution: the label at the centre of each cell."""
+    B, S, _ = labels.shape
+    h, w = size
+    ii = ((torch.arange(h) + 0.5) * S / h).long().clamp_max(S - 1)
+    jj = ((torch.arange(w) + 0.5) * S / w).long().clamp_max(S - 1)
+    return labels[:, ii][:, :, jj].long()
+
+
+def dense_loss(dense: torch.Tensor, labels: torch.Tensor, target: torch.Tensor, vocabulary: str = "class") -> torch.Tensor:
+    """Per-pixel cross-entropy of the region, plus, on each face's pixels, of that face's true
+    vocabulary entry (and, with materials, its class, as ``aux_loss`` does). ``labels``: (B, h, w) at
+    the dense map's resolution; ``target``: the physics head's targets (B, 10)."""
+    lab = labels.long()
+    loss = F.cross_entropy(dense[:, : len(REGIONS)].float(), lab)
+    entries = target[:, len(GEOMETRY):].long()  # (B, 6): each face's true entry
+    first = table_rows(vocabulary)
+    ce = []
+    for g in ("floor", "ceiling", "wall"):
+        faces = [k for k, s in enumerate(SURFACES) if group(s) == g]
+        mask = torch.zeros_like(lab, dtype=torch.bool)
+        for k in faces:
+            mask |= lab == k
+        if not mask.any():
+            continue
+        b, i, j = mask.nonzero(as_tuple=True)
+        n = len(vocabulary_of(g, vocabulary))
+        r0 = len(REGIONS) + first[g]
+        logits = dense[b, r0: r0 + n, i, j].float()
+        t = entries[b, lab[b, i, j]]
+        ce.append(F.cross_entropy(logits, t))
+        if vocabulary != "class":
+            to_class = torch.tensor(class_of_entry(g, vocabulary), device=t.device)
+            ce.append(F.cross_entropy(class_logits(logits, g, vocabulary), to_class[t]))
+    return loss + (torch.stack(ce).mean() * (1 if vocabulary == "class" else 2) if ce else 0.0)
 
 
 def decode(row) -> dict:
