@@ -339,7 +339,8 @@ def test_material_vocabulary_trains(tiny_rooms, tmp_path):  # noqa: F811
     assert set(reading["material_accuracy"]) == set(reading["class_accuracy"]) == set(net.SURFACES)
     assert all(0 <= reading[k][s] <= 1 for k in ("class_accuracy", "material_accuracy") for s in net.SURFACES)
     parts = reading["eyring_rt60_speech_mae_s"]  # which part of the reading limits the model
-    assert set(parts) == {"own_reading", "true_geometry", "true_surfaces", "true_both"}
+    assert set(parts) == {"own_reading", "true_geometry", "true_surfaces", "true_both", "true_visible_surfaces",
+                          "true_geometry_and_visible_surfaces"}
     assert all(np.isfinite(v) and v >= 0 for v in parts.values())
     model = loaders.ARCHITECTURES["room-params"][1](resolve(out), "cpu")
     assert torch.allclose(model.class_absorption, room_params.class_absorption_table("material"))

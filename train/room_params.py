@@ -270,7 +270,8 @@ def mirror_aux_targets(target: torch.Tensor, flip: torch.Tensor) -> torch.Tensor
 # metrics
 
 
-def eyring_predictions(ds, room_ids, calib: dict | None = None, class_means: bool = False) -> list[dict]:
+def eyring_predictions(ds, room_ids, calib: dict | None = None, class_means: bool = False,
+                       hidden_unknown: bool = False) -> list[dict]:
     """Physics reference from the dataset's *true* geometry and materials (not from the picture):
     Eyring RT60 per octave (stored in the metadata), the speech band as the geometric mean of the
     250 Hz .. 4 kHz octaves, DRR from the critical distance (r_c = 0.057 sqrt(V / T), DRR =
@@ -278,10 +279,14 @@ def eyring_predictions(ds, room_ids, calib: dict | None = None, class_means: boo
     instead of its material's (what a picture can show at best: the renderer draws a texture per
     class), computed by the physics head's own ``eyring_outputs``. ``calib`` (fitted on the
     training rooms with the same ``class_means``): the median log-ratio per RT60 and the median
-    offset of DRR."""
-    if class_means:
-        aux = reading_from_targets(aux_targets_for(ds, room_ids), "class")  # the true class of each surface
-        raw = [decode(row) for row in net.eyring_outputs(aux, class_absorption_table())]
+    offset of DRR. ``hidden_unknown``: the wall behind the camera, which no picture shows, absorbs
+    the mean of its vocabulary (its classes' or, without ``class_means``, its materials') instead:
+    the best a perfect reader of what the picture shows can do."""
+    if class_means or hidden_unknown:
+        voc = "class" if class_means else "material"
+        shown = tuple(s for s in net.SURFACES if s != "south") if hidden_unknown else True
+        aux = reading_from_targets(aux_targets_for(ds, room_ids, voc), voc, surfaces=shown)  # the true entries
+        raw = [decode(row) for row in net.eyring_outputs(aux, class_absorption_table(voc), voc)]
     else:
         raw = []
         for r in room_ids:
@@ -299,8 +304,9 @@ def eyring_predictions(ds, room_ids, calib: dict | None = None, class_means: boo
              "drr_db": p["drr_db"] + calib["drr"]} for p in raw]
 
 
-def fit_eyring_calibration(ds, room_ids, truths: list[dict], class_means: bool = False) -> dict:
-    raw = eyring_predictions(ds, room_ids, class_means=class_means)
+def fit_eyring_calibration(ds, room_ids, truths: list[dict], class_means: bool = False,
+                           hidden_unknown: bool = False) -> dict:
+    raw = eyring_predictions(ds, room_ids, class_means=class_means, hidden_unknown=hidden_unknown)
     cal = {"log_rt60": float(np.median([math.log(t["rt60_speech"] / p["rt60"]) for p, t in zip(raw, truths)])),
            "drr": float(np.median([t["drr"] - p["drr_db"] for p, t in zip(raw, truths)]))}
     for b in BANDS:
@@ -345,20 +351,22 @@ def mean_predictor(y_train: torch.Tensor, n: int) -> list[dict]:
 
 
 def reading_from_targets(target: torch.Tensor, vocabulary: str, aux: torch.Tensor | None = None, *,
-                         geometry: bool = True, surfaces: bool = True) -> torch.Tensor:
+                         geometry: bool = True, surfaces: bool | tuple = True) -> torch.Tensor:
     """A physics-head reading (B, n_aux) that states the truth: the true geometry and / or a one-hot
-    of each surface's true entry; the other columns from ``aux`` (default: nothing read)."""
+    of each surface's true entry (``surfaces``: all, none, or a tuple of surface names); the other
+    columns from ``aux`` (default: nothing read)."""
     out = torch.full((len(target), net.n_aux(vocabulary)), -30.0) if aux is None else aux.clone()
     g = len(net.GEOMETRY)
     if geometry:
         out[:, :g] = target[:, :g]
-    if surfaces:
-        k = g
-        for j, s in enumerate(net.SURFACES):
-            n = len(net.vocabulary_of(s, vocabulary))
+    named = net.SURFACES if surfaces is True else surfaces or ()
+    k = g
+    for j, s in enumerate(net.SURFACES):
+        n = len(net.vocabulary_of(s, vocabulary))
+        if s in named:
             out[:, k: k + n] = -30.0
             out[torch.arange(len(target)), k + target[:, g + j].long()] = 30.0
-            k += n
+        k += n
     return out
 
 
@@ -388,8 +396,13 @@ def room_reading_metrics(model: RoomParamsNet, images: torch.Tensor, target: tor
             out["class_accuracy"][s] = round(float(hit.float().mean()), 4)
     if truth_rt60 is not None:
         out["eyring_rt60_speech_mae_s"] = {}
+        # "visible": every surface but the wall behind the camera (south), which no picture shows;
+        # that one keeps the model's own reading
+        visible = tuple(s for s in net.SURFACES if s != "south")
         for name, geometry, surfaces in (("own_reading", False, False), ("true_geometry", True, False),
-                                         ("true_surfaces", False, True), ("true_both", True, True)):
+                                         ("true_surfaces", False, True), ("true_both", True, True),
+                                         ("true_visible_surfaces", False, visible),
+                                         ("true_geometry_and_visible_surfaces", True, visible)):
             reading = reading_from_targets(target, voc, aux, geometry=geometry, surfaces=surfaces)
             rt = net.eyring_outputs(reading, model.class_absorption, voc)[:, 0].exp().numpy()
             out["eyring_rt60_speech_mae_s"][name] = round(float(np.abs(rt - truth_rt60).mean()), 4)
@@ -400,6 +413,9 @@ def all_metrics(model, ds, train_ids, y_train, train_truth, eval_sets: dict, siz
     """Model and baselines on each named set of rooms ({name: (room ids, truths)})."""
     calib = fit_eyring_calibration(ds, train_ids, train_truth)
     calib_cls = fit_eyring_calibration(ds, train_ids, train_truth, class_means=True)
+    # what the dataset's pictures show: one look per class, or per material (rooms build --textures)
+    shown = {"class_means": rooms_mod.textures_of(ds.meta) != "material", "hidden_unknown": True}
+    calib_vis = fit_eyring_calibration(ds, train_ids, train_truth, **shown)
     res = {}
     for name, (ids, truths) in eval_sets.items():
         imgs = to_tensor(np.stack([ds.image(r) for r in ids]), size)
@@ -413,6 +429,8 @@ def all_metrics(model, ds, train_ids, y_train, train_truth, eval_sets: dict, siz
             "reference_eyring_true_geometry_calibrated": regression_metrics(eyring_predictions(ds, ids, calib), truths),
             "reference_eyring_true_geometry_class_means_calibrated": regression_metrics(
                 eyring_predictions(ds, ids, calib_cls, class_means=True), truths),
+            "reference_eyring_true_geometry_visible_surfaces_calibrated": regression_metrics(
+                eyring_predictions(ds, ids, calib_vis, **shown), truths),
         }
     res["eyring_calibration_on_training_rooms"] = calib
     res["notes"] = ("baseline_training_mean: the training rooms' mean (log RT60s, DRR); reference_eyring_*: Eyring "
@@ -421,7 +439,9 @@ def all_metrics(model, ds, train_ids, y_train, train_truth, eval_sets: dict, siz
                     "on the training rooms removed; _class_means_: each surface's visual class's mean absorption instead of "
                     "its material's (the best a reader that tells only the class can do: the default rooms build draws one "
                     "look per class; on pictures from rooms build --textures material the bound is "
-                    "reference_eyring_true_geometry_calibrated)")
+                    "reference_eyring_true_geometry_calibrated; _visible_surfaces_: the true entry (class or material, "
+                    "whichever the pictures show) of every surface but the wall behind the camera, which absorbs its "
+                    "vocabulary's mean: the best a perfect reader of the picture can do)")
     return res
 
 
