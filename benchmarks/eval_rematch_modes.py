@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="rooms-avitar-16k", help="AViTAR (waveform and ir mode rows); none: skip")
     ap.add_argument("--params-model", default=None, help="room-acoustics model: adds the params mode row")
-    ap.add_argument("--folder", default=None, help="rooms dataset folder (default: the newest)")
+    ap.add_argument("--folder", default=None, help="rooms dataset folder (default: the newest with the default looks)")
     ap.add_argument("--split", default="unseen", choices=("unseen", "seen"))
     ap.add_argument("--n", type=int, default=60)
     ap.add_argument("--threads", type=int, default=1)
@@ -35,10 +35,10 @@ def main(argv=None) -> int:
     from soundsight import registry
     from soundsight_plugins.acoustic_match.rematch import evaluation_method
     from soundsight_train import eval_rematch as ev
-    from soundsight_train import rooms
+    from soundsight_train.avitar import find_rooms
 
-    folder = Path(a.folder) if a.folder else sorted(rooms.default_data_dir().glob("rooms-*r-s*/meta.json"),
-                                                     key=lambda p: p.stat().st_mtime)[-1].parent
+    # the newest default-looks build, as the trainers pick it (a --textures material build only when named)
+    folder = find_rooms(a.folder, False)
     extra, info = {}, {}
     if a.model != "none":
         mf = registry.resolve(a.model, task="acoustic-match")

@@ -367,17 +367,15 @@ def update_card(folder, results: dict, command: str) -> None:
 def _folder(args) -> Path:
     if args.folder:
         return Path(args.folder)
-    base = Path(args.data or rooms_mod.default_data_dir())
-    found = sorted(base.glob("rooms-*r-s*/meta.json"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise SystemExit(f"no rooms dataset under {base}; run: python -m soundsight_train.rooms build")
-    return found[-1].parent
+    from soundsight_train.avitar import find_rooms  # the trainers' choice: a material-looks build only when named
+
+    return find_rooms(args.data, False)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m soundsight_train.eval_rematch", description=__doc__.split("\n\n")[0])
     ap.add_argument("cmd", nargs="?", default="eval", choices=("eval", "calibrate"))
-    ap.add_argument("--folder", default=None, help="rooms dataset folder (default: the newest under the data dir)")
+    ap.add_argument("--folder", default=None, help="rooms dataset folder (default: the newest with the default looks under the data dir)")
     ap.add_argument("--data", default=None)
     ap.add_argument("--split", default="unseen", choices=("unseen", "seen", "both"))
     ap.add_argument("--n", type=int, default=None, help="rooms per split (default all)")

@@ -22,7 +22,9 @@ metrics), never looked at during training.
 Loss: L1 on log RT60 (speech band + 5 octaves) + L1 on DRR / 10 dB. With ``--physics`` (the
 network reads the room off the picture and applies Eyring's formula, ``room_params_net``), plus
 ``--aux-weight`` x (L1 on the log room dimensions and speaker distance + the mean cross-entropy
-of the six surfaces' material classes), all from the dataset's true rooms. AdamW, warm-up then
+of the six surfaces' material classes), all from the dataset's true rooms; with ``--dense W``, plus W x
+the per-pixel cross-entropy of each pixel's surface and its class (``rooms.surface_map``, moved
+with the picture by the mirror and the crop). AdamW, warm-up then
 cosine decay over whichever budget (steps or ``--max-minutes``) ends first. Checkpoints (``--resume``)
 and ``curve.jsonl`` in the run folder.
 

@@ -28,6 +28,13 @@ function of those, which 1500 training pictures teach a plain regressor only rou
 (README, same budget): lower validation loss, octave RT60 and DRR errors than the plain
 regressor; the speech-band error is level.
 
+``dense=True`` (with physics; the shipped model since): a second head on the 1/4-resolution
+feature maps labels each cell with the surface it shows (``REGIONS``) and that surface's
+vocabulary entry, trained per pixel on the renderer's own geometry; each visible surface's
+entry log-probabilities, pooled over its cells, are added to the global head's logits. Why: one
+label per surface per picture taught the grazing side walls poorly; per-pixel labels read them
+(README: side-wall classes 53-55 % -> 77-82 % right on unseen rooms, lower RT60 and DRR errors).
+
 Only torch is imported.
 """
 
