@@ -244,10 +244,8 @@ def augment(x: torch.Tensor, gen: torch.Generator, labels: torch.Tensor | None =
             left = int(torch.randint(0, S - c + 1, (1,), generator=gen))
             img = F.interpolate(img[None, :, top: top + c, left: left + c], size=(S, S), mode="bilinear",
                                 align_corners=False)[0]
-            if lab is not None:
-                idx = top + ((torch.arange(S) + 0.5) * c / S).long().clamp_max(c - 1)
-                jdx = left + ((torch.arange(S) + 0.5) * c / S).long().clamp_max(c - 1)
-                lab = lab[idx][:, jdx]
+            if lab is not None:  # nearest: the label at each resized pixel's centre
+                lab = net.dense_targets(lab[None, top: top + c, left: left + c], (S, S))[0].to(labels.dtype)
         out[i] = img
         if lab is not None:
             lab_out[i] = lab
@@ -286,7 +284,7 @@ def eyring_predictions(ds, room_ids, calib: dict | None = None, class_means: boo
     the best a perfect reader of what the picture shows can do."""
     if class_means or hidden_unknown:
         voc = "class" if class_means else "material"
-        shown = tuple(s for s in net.SURFACES if s != "south") if hidden_unknown else True
+        shown = net.VISIBLE_SURFACES if hidden_unknown else True
         aux = reading_from_targets(aux_targets_for(ds, room_ids, voc), voc, surfaces=shown)  # the true entries
         raw = [decode(row) for row in net.eyring_outputs(aux, class_absorption_table(voc), voc)]
     else:
@@ -398,9 +396,7 @@ def room_reading_metrics(model: RoomParamsNet, images: torch.Tensor, target: tor
             out["class_accuracy"][s] = round(float(hit.float().mean()), 4)
     if truth_rt60 is not None:
         out["eyring_rt60_speech_mae_s"] = {}
-        # "visible": every surface but the wall behind the camera (south), which no picture shows;
-        # that one keeps the model's own reading
-        visible = tuple(s for s in net.SURFACES if s != "south")
+        visible = net.VISIBLE_SURFACES  # the wall behind the camera keeps the model's own reading
         for name, geometry, surfaces in (("own_reading", False, False), ("true_geometry", True, False),
                                          ("true_surfaces", False, True), ("true_both", True, True),
                                          ("true_visible_surfaces", False, visible),

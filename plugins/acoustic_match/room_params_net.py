@@ -98,6 +98,8 @@ GEOMETRY = ("log_width", "log_depth", "log_height", "log_distance")
 # what each pixel of a picture shows, for the dense head (== soundsight_train.rooms.surface_map's
 # labels, asserted in the tests): the six faces, the speaker, a door
 REGIONS = SURFACES + ("speaker", "door")
+# every surface but the wall behind the camera (south), which no picture shows
+VISIBLE_SURFACES = tuple(s for s in SURFACES if s != "south")
 
 
 def group(surface: str) -> str:
@@ -398,10 +400,10 @@ def aux_loss(aux: torch.Tensor, target: torch.Tensor, vocabulary: str = "class")
 
 
 def pooled_dense_logits(dense: torch.Tensor, vocabulary: str) -> torch.Tensor:
-    """(B, n_aux) to add to the global head's reading: zero geometry, and for each visible surface
-    the mean of its vocabulary's per-pixel log-probabilities, weighted by the probability that the
-    pixel shows that surface; the weights' sum gets one pixel's worth more, so a surface the
-    head hardly sees (the wall behind the camera) adds almost nothing."""
+    """(B, n_aux) to add to the global head's reading: zero geometry, and for each surface the mean
+    of its vocabulary's per-pixel log-probabilities, weighted by the probability that the pixel
+    shows that surface; the weights' sum gets one pixel's worth more, so a surface the head hardly
+    sees (the wall behind the camera) adds almost nothing."""
     B = dense.shape[0]
     regions = dense[:, : len(REGIONS)].float().softmax(1)
     first = table_rows(vocabulary)
@@ -435,10 +437,8 @@ def dense_loss(dense: torch.Tensor, labels: torch.Tensor, target: torch.Tensor, 
     first = table_rows(vocabulary)
     ce = []
     for g in ("floor", "ceiling", "wall"):
-        faces = [k for k, s in enumerate(SURFACES) if group(s) == g]
-        mask = torch.zeros_like(lab, dtype=torch.bool)
-        for k in faces:
-            mask |= lab == k
+        faces = torch.tensor([k for k, s in enumerate(SURFACES) if group(s) == g], device=lab.device)
+        mask = torch.isin(lab, faces)
         if not mask.any():
             continue
         b, i, j = mask.nonzero(as_tuple=True)
