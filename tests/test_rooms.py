@@ -381,3 +381,33 @@ def test_find_rooms_uses_a_material_looks_build_only_when_named(tmp_path):
         (tmp_path / name / "meta.json").write_text(json.dumps({"spec": {"textures": looks}}))
     assert find_rooms(str(tmp_path), False).name == "rooms-400r-s0"
     assert find_rooms(str(tmp_path / "rooms-400r-s0-eef3c1fd"), False).name == "rooms-400r-s0-eef3c1fd"
+
+
+def test_room_bounds_replays_the_builds_realisation_and_measures_others(tiny):
+    from soundsight_train import room_bounds as rb
+
+    ds = rooms.RoomsData(tiny)
+    r = ds.room_ids("unseen")[0]
+    stored = ds.rooms[r]["acoustics"]
+    again = rb.resimulate(ds.rooms[r], rb.simulation_seed(ds.meta["seed"], r), n_rays=ds.meta["spec"]["n_rays"])
+    assert (again["rt60_speech"], again["drr"]) == (stored["rt60_speech"], stored["drr"])  # the build's own draw
+    noise = rb.simulation_noise(ds, [r], seeds=2, hits=10)
+    assert 0 < noise["rt60_one_other_mae_s"] < 0.5 * stored["rt60_speech"]  # another realisation, the same room
+    assert noise["rt60_between_others_mae_s"] > 0 and noise["drr_one_other_mae_db"] > 0
+
+
+def test_full_information_regressor_learns_a_function_of_the_room():
+    from soundsight_train import room_bounds as rb
+
+    def labelled(seed):  # a label that is exactly a function of the room: the regressor's job is possible
+        room = rooms.sample_room(np.random.default_rng([seed, 5]))
+        speech = float(np.exp(np.mean(np.log(room["eyring_rt60"][1:6]))))
+        room["acoustics"] = {"rt60_speech": 1.2 * speech, "drr": -3.0 * math.log(room["distance"])}
+        return room
+
+    train = [labelled(s) for s in range(300)]
+    test = [labelled(s) for s in range(1000, 1040)]
+    got = rb.full_information(train, test)
+    mean_rt = np.mean([t["acoustics"]["rt60_speech"] for t in test])
+    assert got["eyring_calibrated_rt60_mae_s"] < 1e-6  # a pure scale is what the calibration removes
+    assert got["rt60_mae_s"] < 0.1 * mean_rt and got["drr_mae_db"] < 0.5

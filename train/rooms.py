@@ -418,8 +418,9 @@ def ray_budget(dims, min_rays: int = N_RAYS, hits: float = 10.0, max_rays: int =
     return radius, int(np.clip(hits * k1, min_rays, max_rays))
 
 
-def simulate_rir(room: dict, seed: int, n_rays: int = N_RAYS) -> tuple[np.ndarray, float]:
-    """pyroomacoustics hybrid RIR at 16 kHz: (rir float64 as simulated, seconds taken)."""
+def simulate_rir(room: dict, seed: int, n_rays: int = N_RAYS, hits: float = 10.0) -> tuple[np.ndarray, float]:
+    """pyroomacoustics hybrid RIR at 16 kHz: (rir float64 as simulated, seconds taken). ``hits``
+    per histogram bin as ``ray_budget``; the ray cap scales with it (10: what the builds use)."""
     import warnings
 
     import pyroomacoustics as pra
@@ -431,7 +432,7 @@ def simulate_rir(room: dict, seed: int, n_rays: int = N_RAYS) -> tuple[np.ndarra
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         r = pra.ShoeBox(room["dims"], fs=SR, materials=mats, max_order=3, ray_tracing=True, air_absorption=True)
-        radius, rays = ray_budget(room["dims"], n_rays)
+        radius, rays = ray_budget(room["dims"], n_rays, hits, max_rays=int(round(20000 * hits / 10.0)))
         r.set_ray_tracing(n_rays=rays, receiver_radius=radius, energy_thres=1e-7,
                           time_thres=float(min(6.0, 1.6 * rt_max + 0.3)), hist_bin_size=0.004)
         r.add_source(room["speaker"]["mouth"])
