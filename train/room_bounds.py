@@ -148,6 +148,8 @@ def main(argv=None) -> int:
     ap.add_argument("--hits", default="10", help="comma list of ray densities (hits per 4 ms bin; the build's is 10)")
     ap.add_argument("--rooms", type=int, default=0, help="only the first N unseen rooms (0: all)")
     ap.add_argument("--no-regressor", action="store_true")
+    ap.add_argument("--fractions", default="", help="also the regressor on these shares of the training rooms "
+                    "(comma list; 3 random draws each): does it still gain from more rooms?")
     ap.add_argument("--json", default=None, help="write the figures here too")
     args = ap.parse_args(argv)
     ds = rooms_mod.RoomsData(find_rooms(args.data, False))
@@ -168,7 +170,16 @@ def main(argv=None) -> int:
                       file=sys.stderr)
                 return 2
             train += extra.rooms
-        full = full_information(train, [ds.rooms[r] for r in unseen])
+        test = [ds.rooms[r] for r in unseen]
+        full = full_information(train, test)
+        rng = np.random.default_rng(0)
+        for frac in (float(f) for f in args.fractions.split(",") if f):
+            k = max(2, int(round(frac * len(train))))
+            maes = [full_information([train[i] for i in rng.permutation(len(train))[:k]], test, seed=d)["rt60_mae_s"]
+                    for d in range(3)]
+            full.setdefault("rt60_mae_s_by_training_rooms", {})[k] = float(np.mean(maes))
+            print(f"  regressor on {k} training rooms: RT60 MAE {np.mean(maes):.3f} s "
+                  f"({', '.join(f'{m:.3f}' for m in maes)})", file=sys.stderr)
     print(table(noise, full))
     if args.json:
         Path(args.json).write_text(json.dumps({"data": str(ds.folder), "simulation_noise": noise,
