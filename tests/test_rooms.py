@@ -389,7 +389,9 @@ def test_room_bounds_replays_the_builds_realisation_and_measures_others(tiny):
     ds = rooms.RoomsData(tiny)
     r = ds.room_ids("unseen")[0]
     stored = ds.rooms[r]["acoustics"]
-    again = rb.resimulate(ds.rooms[r], rb.simulation_seed(ds.meta["seed"], r), n_rays=ds.meta["spec"]["n_rays"])
+    room, sim_seed = rooms.room_draw(ds.meta["seed"], r)
+    assert room["dims"] == ds.rooms[r]["dims"]
+    again = rb.resimulate(ds.rooms[r], sim_seed, n_rays=ds.meta["spec"]["n_rays"])
     assert (again["rt60_speech"], again["drr"]) == (stored["rt60_speech"], stored["drr"])  # the build's own draw
     noise = rb.simulation_noise(ds, [r], seeds=2, hits=10)
     assert 0 < noise["rt60_one_other_mae_s"] < 0.5 * stored["rt60_speech"]  # another realisation, the same room

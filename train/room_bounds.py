@@ -32,17 +32,9 @@ from soundsight_train import rooms as rooms_mod
 from soundsight_train.avitar import find_rooms
 
 OCTAVES = (250, 500, 1000, 2000, 4000)  # rooms_mod's absorption rows start at 125 Hz
-BUILD_HITS = 10.0  # rooms_mod.ray_budget's default
 
 
-def simulation_seed(dataset_seed: int, index: int) -> int:
-    """The ray-tracing seed the build drew for room ``index`` (``rooms._room_job``'s draws, replayed)."""
-    rng = np.random.default_rng([dataset_seed, index])
-    rooms_mod.sample_room(rng)
-    return int(rng.integers(2 ** 31))
-
-
-def resimulate(room: dict, seed: int, hits: float = BUILD_HITS, n_rays: int = rooms_mod.N_RAYS) -> dict:
+def resimulate(room: dict, seed: int, hits: float = rooms_mod.HITS, n_rays: int = rooms_mod.N_RAYS) -> dict:
     """The room simulated with ``seed`` and measured as the build measures it (``rooms.measure``)."""
     h, _ = rooms_mod.simulate_rir(room, seed=seed, n_rays=n_rays, hits=hits)
     h, _ = rooms_mod.prepare_rir(h)
@@ -124,7 +116,7 @@ def full_information(train_rooms: list[dict], test_rooms: list[dict], seed: int 
 def table(noise: list[dict], full: dict | None) -> str:
     lines = ["| floor | RT60 speech band MAE (s) | median (s) | DRR MAE (dB) |", "|---|---|---|---|"]
     for n in noise:
-        tag = f"{n['hits']:g} hits per bin" + (" (the build's)" if n["hits"] == BUILD_HITS else "")
+        tag = f"{n['hits']:g} hits per bin" + (" (the build's)" if n["hits"] == rooms_mod.HITS else "")
         lines.append(f"| the same rooms simulated again, {tag}: one other realisation | "
                      f"{n['rt60_one_other_mae_s']:.3f} | {n['rt60_one_other_median_s']:.3f} | "
                      f"{n['drr_one_other_mae_db']:.2f} |")
@@ -163,13 +155,10 @@ def main(argv=None) -> int:
     full = None
     if not args.no_regressor:
         train = [ds.rooms[r] for r in ds.room_ids("seen")]
+        from soundsight_train.room_params import extra_dataset  # refuses --data's seed (its unseen rooms)
+
         for folder in args.extra_data:
-            extra = rooms_mod.RoomsData(find_rooms(folder, False))
-            if extra.meta.get("seed") == ds.meta.get("seed"):
-                print(f"error: --extra-data {extra.folder} has --data's seed: it would hold the unseen rooms",
-                      file=sys.stderr)
-                return 2
-            train += extra.rooms
+            train += extra_dataset(folder, ds)[0].rooms
         test = [ds.rooms[r] for r in unseen]
         full = full_information(train, test)
         rng = np.random.default_rng(0)

@@ -125,6 +125,8 @@ IMAGE_SIZE = 128
 DIRECT_INDEX = 32  # samples (2 ms at 16 kHz) kept before the direct-path peak
 MAX_RIR_S = 4.0
 N_RAYS = 2000  # at least; more in big rooms (ray_budget)
+HITS = 10.0  # ray hits per 4 ms histogram bin that the builds ask for (ray_budget)
+MAX_RAYS = 20000  # the cap at HITS; it scales with other densities
 SPEECH_RMS = 0.05
 TEXTURES = ("class", "material")  # the picture's looks: one per material class, or one per material
 SURFACES = ("floor", "ceiling", "west", "east", "south", "north")  # pyroomacoustics names
@@ -407,7 +409,7 @@ def _sample_door(rng, dims) -> dict | None:
 # simulation
 
 
-def ray_budget(dims, min_rays: int = N_RAYS, hits: float = 10.0, max_rays: int = 20000) -> tuple[float, int]:
+def ray_budget(dims, min_rays: int = N_RAYS, hits: float = HITS, max_rays: int = MAX_RAYS) -> tuple[float, int]:
     """Receiver radius and ray count for a room: the radius grows with the room (0.5 m up to
     60 m^3, 1.5 m from ~1600 m^3) and the rays give about ``hits`` hits per 4 ms histogram bin
     (Vorlaender 2008, eq. 11.12, as pyroomacoustics' own default), at least ``min_rays``. With a
@@ -418,9 +420,9 @@ def ray_budget(dims, min_rays: int = N_RAYS, hits: float = 10.0, max_rays: int =
     return radius, int(np.clip(hits * k1, min_rays, max_rays))
 
 
-def simulate_rir(room: dict, seed: int, n_rays: int = N_RAYS, hits: float = 10.0) -> tuple[np.ndarray, float]:
+def simulate_rir(room: dict, seed: int, n_rays: int = N_RAYS, hits: float = HITS) -> tuple[np.ndarray, float]:
     """pyroomacoustics hybrid RIR at 16 kHz: (rir float64 as simulated, seconds taken). ``hits``
-    per histogram bin as ``ray_budget``; the ray cap scales with it (10: what the builds use)."""
+    per histogram bin as ``ray_budget``; the ray cap scales with it (``HITS``: what the builds use)."""
     import warnings
 
     import pyroomacoustics as pra
@@ -432,7 +434,7 @@ def simulate_rir(room: dict, seed: int, n_rays: int = N_RAYS, hits: float = 10.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         r = pra.ShoeBox(room["dims"], fs=SR, materials=mats, max_order=3, ray_tracing=True, air_absorption=True)
-        radius, rays = ray_budget(room["dims"], n_rays, hits, max_rays=int(round(20000 * hits / 10.0)))
+        radius, rays = ray_budget(room["dims"], n_rays, hits, max_rays=int(round(MAX_RAYS * hits / HITS)))
         r.set_ray_tracing(n_rays=rays, receiver_radius=radius, energy_thres=1e-7,
                           time_thres=float(min(6.0, 1.6 * rt_max + 0.3)), hist_bin_size=0.004)
         r.add_source(room["speaker"]["mouth"])
@@ -1246,11 +1248,17 @@ def build_speech_bank(n_espeak: int, seed: int, *, real: int = 200, test_frac: f
 # build
 
 
-def _room_job(args) -> dict:
-    i, seed, n_rays, size, textures = args
+def room_draw(seed: int, i: int) -> tuple[dict, int]:
+    """Room ``i`` of a build with ``seed`` and the ray-tracing seed its RIR was simulated with."""
     rng = np.random.default_rng([seed, i])
     room = sample_room(rng)
-    h, t_sim = simulate_rir(room, seed=int(rng.integers(2 ** 31)), n_rays=n_rays)
+    return room, int(rng.integers(2 ** 31))
+
+
+def _room_job(args) -> dict:
+    i, seed, n_rays, size, textures = args
+    room, sim_seed = room_draw(seed, i)
+    h, t_sim = simulate_rir(room, seed=sim_seed, n_rays=n_rays)
     h, g = prepare_rir(h)
     t0 = time.perf_counter()
     acoustics = measure(h)
