@@ -239,6 +239,86 @@ def test_composite_keeps_the_photo_where_nothing_changed():
 
 
 # --------------------------------------------------------------------------------------------
+# regional edits
+
+
+def test_regional_condition_holds_each_condition_on_its_side(tiny):
+    G = tiny["modules"]["g"]
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(1, G.cfg.z_dim, generator=gen)
+    f_in, f_out = torch.randn(1, G.cfg.feature_dim, generator=gen), torch.randn(1, G.cfg.feature_dim, generator=gen)
+    with torch.no_grad():
+        a, b = G(z, f_in), G(z, f_out)
+        ones, zeros = torch.ones(1, 1, SIZE, SIZE), torch.zeros(1, 1, SIZE, SIZE)
+        assert torch.allclose(G(z, f_in, outside=f_out, mask=ones), a, atol=1e-5)
+        assert torch.allclose(G(z, f_in, outside=f_out, mask=zeros), b, atol=1e-5)
+        right = zeros.clone()
+        right[..., SIZE // 2:] = 1
+        mixed = G(z, f_in, outside=f_out, mask=right)
+    q = SIZE // 4  # away from the seam, each side is its own condition's picture, not the other's
+    left_err, right_err = (mixed - b)[..., :q].abs().mean(), (mixed - a)[..., -q:].abs().mean()
+    assert left_err < 0.3 * (a - b)[..., :q].abs().mean() and right_err < 0.3 * (a - b)[..., -q:].abs().mean()
+    with pytest.raises(ValueError):
+        G(z, f_in, outside=f_out)
+
+
+def test_auto_region_is_the_smallest_square_that_holds_the_change():
+    change = torch.zeros(2, 1, 64, 64)
+    change[0, 0, 10:30, 20:40] = 1  # a 20 px object: the 16 px square holds 64 % of it
+    change[1] = 0.01  # a change spread everywhere: no square holds half, so the largest
+    (box, held) = E.best_square(change[0], 20)
+    assert box == (20, 10, 40, 30) and held == pytest.approx(400)
+    assert E.auto_box(change[0]) == (20, 10, 36, 26)
+    assert E.auto_box(change[1])[2] - E.auto_box(change[1])[0] == 48
+    m = E.box_mask((20, 10, 40, 30), 64)
+    assert m.shape == (1, 1, 64, 64) and float(m.sum()) == pytest.approx(400, rel=0.02)
+    assert float(m[0, 0, 20, 30]) == pytest.approx(1) and float(m[0, 0, 50, 5]) == pytest.approx(0)
+    recon = torch.zeros(2, 3, 64, 64)
+    masks, boxes = E.region_masks("auto", recon + change, recon)
+    assert masks.shape == (2, 1, 64, 64) and boxes[0] == (20, 10, 36, 26)
+    masks, boxes = E.region_masks((0, 0, 8, 8), recon + change, recon)
+    assert boxes == [(0, 0, 8, 8)] * 2 and torch.equal(masks[0], masks[1])
+
+
+def test_region_parsing_and_mapping_into_the_edited_square():
+    from soundsight.errors import InputError
+    from soundsight_plugins.latent_edit.pipeline import parse_region, region_in_model
+
+    assert parse_region(None) == "none" and parse_region(" Auto ") == "auto"
+    assert parse_region("0.5,0,1,0.5") == (0.5, 0.0, 1.0, 0.5)
+    for bad in ("0,0,1", "a,b,c,d", "0.5,0,0.4,1", "0,0,1.5,1", "-0.1,0,1,1"):
+        with pytest.raises(InputError, match="--region"):
+            parse_region(bad)
+    # a 80 x 60 photo: its edited square is x 10..70, y 0..60; the model sees it at 32 px
+    assert region_in_model((0.5, 0.0, 1.0, 0.5), (60, 80, 3), (10, 0, 70, 60), 32) == pytest.approx((16, 0, 32, 16))
+    with pytest.raises(InputError, match="outside the edited square"):
+        region_in_model((0.0, 0.0, 0.1, 1.0), (60, 80, 3), (10, 0, 70, 60), 32)
+
+
+def test_regional_edit_keeps_the_picture_outside_its_region(tmp_path, tiny, inputs):
+    from soundsight.device import resolve_device
+    from soundsight_plugins.latent_edit import pipeline as P
+
+    folders = P.resolve_models({"generator": str(tiny["g"]), "image_encoder": str(tiny["fv"]),
+                                "audio_encoder": str(tiny["fa"])})
+    models = P.load_models(folders, resolve_device("cpu"))
+    photo = pixels(inputs["photo"])
+    wave = P.load_sound(str(inputs["sound"]), 16000)
+    kw = dict(mode="insert", strengths=[1.0], steps=4, refine=0, seed=0, device=resolve_device("cpu"))
+    whole = P.run_edit(photo, wave, models, **kw)
+    part = P.run_edit(photo, wave, models, region=(0.125, 0.0, 0.5, 0.5), **kw)  # the square's top-left quarter
+    assert part.regions == [[0.0, 0.0, 16.0, 16.0]] and whole.regions == []
+    assert torch.equal(part.recon, whole.recon)
+    far = (slice(None), slice(None), slice(SIZE * 3 // 4, None), slice(SIZE * 3 // 4, None))  # bottom-right corner
+    assert (part.edits - part.recon)[far].abs().mean() < 0.3 * (whole.edits - whole.recon)[far].abs().mean()
+    near = (slice(None), slice(None), slice(2, 14), slice(2, 14))
+    assert (part.edits - whole.edits)[near].abs().mean() < 0.5 * (part.recon - whole.edits)[near].abs().mean()
+    auto = P.run_edit(photo, wave, models, region="auto", **kw)
+    x0, y0, x1, y1 = auto.regions[0]
+    assert SIZE // 4 <= x1 - x0 <= SIZE * 3 // 4 and x1 - x0 == y1 - y0
+
+
+# --------------------------------------------------------------------------------------------
 # the command
 
 
@@ -296,6 +376,15 @@ def test_same_seed_same_edit_and_volume_modes(tmp_path, tiny, inputs):
     assert not np.array_equal(outs[0], outs[2]) and not np.array_equal(outs[0], outs[3])
 
 
+def test_region_in_the_report_and_the_provenance(tmp_path, tiny, inputs):
+    rep = _edit(tiny, inputs, tmp_path / "r.png", region="auto", sweep="0.5,1", strip=tmp_path / "s.png")
+    assert rep["region"] == "auto" and len(rep["region_boxes_model_px"]) == 2  # the main edit and the sweep's other
+    with Image.open(tmp_path / "r.png") as im:
+        assert json.loads(im.text["soundsight"])["params"]["region"] == "auto"
+    rep = _edit(tiny, inputs, tmp_path / "n.png")
+    assert rep["region"] == "none" and rep["region_boxes_model_px"] is None
+
+
 def test_add_rule_with_a_standardised_generator(tmp_path, tiny, inputs):
     from soundsight.registry import save_model
     from soundsight_plugins.scene_gen.gan import GANConfig, Generator
@@ -335,6 +424,8 @@ def test_refine_flag_and_gains(tmp_path, tiny, inputs):
     ("bad-sweep", "--sweep"),
     ("bad-composite", "--composite"),
     ("bad-rule", "--rule"),
+    ("bad-region", "--region"),
+    ("region-outside", "outside the edited square"),
     ("add-without-mean", "standardised condition"),
     ("unknown-model", "not installed"),
     ("wrong-model", "not 'scene-generation'"),
@@ -365,6 +456,10 @@ def test_errors_write_nothing(tmp_path, tiny, inputs, case, needle):
         kw["composite"] = "paste"
     elif case == "bad-rule":
         kw["rule"] = "blend"
+    elif case == "bad-region":
+        kw["region"] = "0,0,2,2"
+    elif case == "region-outside":
+        kw["region"] = "0,0,0.1,1"
     elif case == "add-without-mean":
         kw["rule"] = "add"  # the tiny G was trained without the standardised condition
     elif case == "unknown-model":
@@ -456,7 +551,15 @@ def test_eval_edit_on_toy_scenes(tmp_path, tiny, inputs):
     comp = [r for r in rows if r["source"] == "test-composite"]
     assert all(r["insert_class"] not in [f"class{c}" for c in data_labels(data, r["name"])] for r in comp)
     md = (out / "results.md").read_text()
-    assert "| test composites | 3 |" in md and "SSIM outside object" in md
+    assert "| test composites | 3 |" in md and "SSIM outside object" in md and "ceiling" in md
+    # the pasted real object: the ceiling is a rate like the others
+    assert all(0 <= g["paste_hit"] <= 1 for g in s.values()) and all(isinstance(r["paste_hit"], bool) for r in rows)
+    rc = eval_edit.main(["--data", str(data), "--n", "2", "--real", "0", "--steps", "2", "--topk", "1",
+                         "--strengths", "1", "--volume-strengths", "1", "--region", "auto",
+                         "--generator", str(tiny["g"]), "--image-encoder", str(tiny["fv"]),
+                         "--audio-encoder", str(tiny["fa"]), "--evaluator", str(tiny["ev"]), "--out", str(out / "r")])
+    res = json.loads((out / "r" / "results.json").read_text())
+    assert rc == 0 and res["setup"]["region"] == "auto" and "region auto" in (out / "r" / "results.md").read_text()
 
 
 def data_labels(data, name):

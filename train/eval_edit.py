@@ -22,9 +22,14 @@ classifier + object-size regressor trained on real composites, never used for ed
   between edit and reconstruction outside the inserted object's region (target ≥ 0.7). The
   region is a square of the side the evaluator estimates for the edit's loudest object,
   placed where the edit changed the reconstruction most;
+- ceiling: the sound's own held-out object (its stamp, at the place and size its test scene has
+  it, so as loud as the sound) pasted onto the photo, judged the same way: a perfect insert, so
+  the most insert success this judge can report;
 - oracle insert: the same edit with z_A replaced by f_V of the sound's own held-out picture
   (what a perfect audio encoder would give): separates the audio encoder from inversion +
   generator;
+- ``--region auto``: every edit regional, as the command's ``--region auto`` (the edited
+  condition only inside the square where the whole-image edit drew its change);
 - volume: single-object test composites, their own sound; ``--louder`` (z_A(2x) - z_A(x/2))
   should make the evaluator's estimated object size larger than on the reconstruction,
   ``--quieter`` smaller (target ≥ 80 % of the edits in the right direction).
@@ -65,6 +70,9 @@ def parse(argv=None):
     ap.add_argument("--strengths", default="0.5,0.75,1", help="insert strengths λ")
     ap.add_argument("--insert-rule", default="mix", choices=INSERT_RULES,
                     help="mix: (1 - λ) z_V + λ z_A (the paper's); add: z_V + λ (z_A - μ)")
+    ap.add_argument("--region", default="none", choices=("none", "auto"),
+                    help="regional edits (the command's --region): the edited condition only inside the square "
+                         "where the whole-image edit drew its change, the inverted z_V outside it")
     ap.add_argument("--volume-strengths", default="0.5,1,2", help="volume-edit strengths λ")
     ap.add_argument("--volume-gains", default="2,0.5", help="g1,g2 of --louder (--quieter swaps them)")
     ap.add_argument("--topk", type=int, default=5)
@@ -138,6 +146,7 @@ def outside_ssim(edit: torch.Tensor, recon: torch.Tensor, log_size: torch.Tensor
     The square's side is the evaluator's estimate for the edit's loudest object (exp(log size)
     of the image side); it is placed where it covers the largest summed change |edit - recon|.
     """
+    from soundsight_plugins.latent_edit.edits import best_square
     from soundsight_plugins.latent_edit.invert import ssim_map
 
     S = edit.shape[-1]
@@ -147,14 +156,31 @@ def outside_ssim(edit: torch.Tensor, recon: torch.Tensor, log_size: torch.Tensor
     for i in range(len(edit)):
         side = int(round(float(torch.exp(log_size[i])) * S))
         side = max(4, min(S - 1, side))  # never the whole frame: something stays outside
-        covered = F.avg_pool2d(change[i:i + 1], side, stride=1)[0, 0]  # (S-side+1, S-side+1)
-        k = int(covered.flatten().argmax())
-        y0, x0 = divmod(k, covered.shape[1])
+        (x0, y0, _, _), _ = best_square(change[i], side)
         mask = torch.ones(S, S, dtype=torch.bool)
         mask[y0:y0 + side, x0:x0 + side] = False
         vals.append(smap[i][mask].mean())
         boxes.append((x0, y0, x0 + side, y0 + side))
     return torch.stack(vals), boxes
+
+
+def pasted_masks(split, size: int, log=print) -> np.ndarray:
+    """uint8 (N, size, size) masks of each test scene's objects: the cut-outs' own pixels
+    (``scenes.object_masks``), or their boxes when the dataset does not record its background
+    photos (then the pasted square carries a little of its scene's background)."""
+    from soundsight_train import scenes
+
+    try:
+        return scenes.object_masks(split, size)
+    except (KeyError, FileNotFoundError, OSError):
+        log("the dataset does not record its background photos: the ceiling pastes the objects' boxes")
+    out = np.zeros((len(split), size, size), np.uint8)
+    scale = size / split.spec.size
+    for i in range(len(split)):
+        for x0, y0, x1, y1 in split.boxes[i]:
+            if x1 > x0:
+                out[i, int(y0 * scale):int(np.ceil(y1 * scale)), int(x0 * scale):int(np.ceil(x1 * scale))] = 1
+    return out
 
 
 def class_in_topk(logits: torch.Tensor, cls: int, k: int) -> list[bool]:
@@ -195,7 +221,8 @@ def main(argv=None) -> int:
     from soundsight.device import resolve_device
     from soundsight.errors import UserError
     from soundsight_plugins.latent_edit import pipeline as P
-    from soundsight_plugins.latent_edit.edits import EditPlan, composite, edit_conditions, feature_mean, render
+    from soundsight_plugins.latent_edit.edits import (EditPlan, composite, edit_conditions, feature_mean,
+                                                      region_masks, render)
     from soundsight_plugins.latent_edit.invert import InversionConfig, invert, psnr, ssim, to_model_size
     from soundsight_train import scene_common as sc
     from soundsight_train import scenes
@@ -247,6 +274,15 @@ def main(argv=None) -> int:
     if args.steps is not None:
         cfg.steps = args.steps
     cfg.refine_steps = args.refine
+    masks_all = pasted_masks(test, S, log)  # the test objects' own masks, for the pasted ceiling
+
+    def edit(inv, conds):
+        out = render(inv.generator, inv.z_n, conds)
+        if args.region == "none":
+            return out
+        masks, _ = region_masks(args.region, out, inv.recon)
+        return render(inv.generator, inv.z_n, conds, outside=inv.z_v, masks=masks)
+
     rows, examples = [], []
     t_all = time.time()
     for k, ph in enumerate(photos):
@@ -259,7 +295,7 @@ def main(argv=None) -> int:
         cls = int(test.labels[j, 0])
         wave = test.audio([j])[0]
         (z_ins,) = P.embed_sound(fa, wave, [1.0], dev)
-        ins = render(inv.generator, inv.z_n, edit_conditions(insert_plan, inv.z_v, {"sound": z_ins}))
+        ins = edit(inv, edit_conditions(insert_plan, inv.z_v, {"sound": z_ins}))
         row = {"name": ph["name"], "source": ph["source"], "psnr": float(psnr(recon, inv.target)),
                "ssim": float(ssim(recon, inv.target)), "seconds": inv.metrics["seconds"],
                "insert_class": classes[cls], "insert_recording": int(test.recordings[j, 0])}
@@ -274,9 +310,15 @@ def main(argv=None) -> int:
         pic, _ = to_model_size(test.images[j], fv.cfg.image_size)
         with torch.no_grad():
             z_pic = F.normalize(fv(pic.to(dev.torch_device)).float(), dim=-1)
-        orc = render(inv.generator, inv.z_n, edit_conditions(insert_plan, inv.z_v, {"sound": z_pic}))
+        orc = edit(inv, edit_conditions(insert_plan, inv.z_v, {"sound": z_pic}))
         row["oracle_hit"] = class_in_topk(ev.predict(orc.cpu())["logits"], cls, args.topk)
         row["audio_image_cosine"] = float((F.normalize(z_ins.float(), dim=-1) * z_pic).sum())
+        # ceiling: the sound's own real object (its held-out stamp, where and how big its scene has
+        # it) pasted onto the photo: a perfect insert; what this judge can find of one
+        m = torch.from_numpy(masks_all[j]).float()[None, None]
+        own, _ = to_model_size(test.images[j], S)
+        pasted = inv.target.cpu() * (1 - m) + own * m
+        row["paste_hit"] = class_in_topk(ev.predict(pasted)["logits"], cls, args.topk)[0]
         # the composite at the photo's size, judged again at model size
         comp = composite(ph["array"], box, recon.cpu(), ins.cpu())
         comp_t = torch.from_numpy(comp).permute(0, 3, 1, 2).float() / 255
@@ -287,10 +329,8 @@ def main(argv=None) -> int:
         if ph["source"] == "test-composite" and int(test.n_objects[ph["index"]]) == 1:
             own = test.audio([ph["index"]])[0]
             za1, za2 = P.embed_sound(fa, own, [g1, g2], dev)
-            loud = render(inv.generator, inv.z_n, edit_conditions(EditPlan("volume", vstrengths), inv.z_v,
-                                                                  {"g1": za1, "g2": za2}))
-            quiet = render(inv.generator, inv.z_n, edit_conditions(EditPlan("volume", vstrengths), inv.z_v,
-                                                                   {"g1": za2, "g2": za1}))
+            loud = edit(inv, edit_conditions(EditPlan("volume", vstrengths), inv.z_v, {"g1": za1, "g2": za2}))
+            quiet = edit(inv, edit_conditions(EditPlan("volume", vstrengths), inv.z_v, {"g1": za2, "g2": za1}))
             sz = ev.predict(torch.cat([recon, loud, quiet]).cpu())["log_size"]
             n = len(vstrengths)
             row["size_recon"] = float(sz[0])
@@ -311,7 +351,7 @@ def main(argv=None) -> int:
     result = {"summary": summary, "rows": rows,
               "setup": {"data": data.name, "n_composites": int(len(idx)), "n_real": len(photos) - int(len(idx)),
                         "inversion": cfg.to_dict(), "seed": args.seed, "topk": args.topk, "strengths": strengths,
-                        "insert_rule": args.insert_rule,
+                        "insert_rule": args.insert_rule, "region": args.region,
                         "volume_strengths": vstrengths, "volume_gains": [g1, g2], "device": str(dev),
                         "threads": torch.get_num_threads(), "seconds": round(time.time() - t_all, 1),
                         "models": {r: {"name": f.name, "sha256": f.sha256()} for r, f in folders.items()},
@@ -339,7 +379,8 @@ def summarise(rows: list[dict], strengths: list, vstrengths: list, topk: int) ->
         g = {"n": len(rs), "psnr": mean(r["psnr"] for r in rs), "psnr_median": round(float(np.median([r["psnr"] for r in rs])), 3),
              "ssim": mean(r["ssim"] for r in rs), "psnr_ge_24": rate(r["psnr"] >= 24 for r in rs),
              "seconds_per_inversion": mean(r["seconds"] for r in rs),
-             "insert_hit_before": rate(r["insert_hit_before"] for r in rs), "insert": {}}
+             "insert_hit_before": rate(r["insert_hit_before"] for r in rs),
+             "paste_hit": rate(r["paste_hit"] for r in rs), "insert": {}}
         for i, lam in enumerate(strengths):
             g["insert"][str(lam)] = {"hit": rate(r["insert_hit"][i] for r in rs),
                                      "hit_composite": rate(r["insert_hit_composite"][i] for r in rs),
@@ -380,14 +421,18 @@ def markdown(summary: dict, setup: dict) -> str:
         lines.append(f"| {name} | {g['n']} | {g['psnr']:.2f} | {g['psnr_median']:.2f} | {100 * g['psnr_ge_24']:.0f} % | "
                      f"{g['ssim']:.3f} | {g['seconds_per_inversion']:.1f} |")
     rule = setup.get("insert_rule", "mix")
-    lines += ["", f"Insert a held-out sound, {rule} rule (evaluator top-{k} has its class; before = on the "
-              "reconstruction):", "",
-              "| photos | λ | success (edit) | success (composite) | before | SSIM outside object | oracle: f_V of the sound's picture |",
-              "|---|---|---|---|---|---|---|"]
+    region = setup.get("region", "none")
+    lines += ["", f"Insert a held-out sound, {rule} rule" + (f", region {region}" if region != "none" else "")
+              + f" (evaluator top-{k} has its class; before = on the reconstruction; ceiling = the sound's real "
+              "object pasted in):", "",
+              "| photos | λ | success (edit) | success (composite) | before | ceiling | SSIM outside object | "
+              "oracle: f_V of the sound's picture |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, g in summary.items():
         for lam, v in g["insert"].items():
             lines.append(f"| {name} | {lam} | {100 * v['hit']:.0f} % | {100 * v['hit_composite']:.0f} % | "
-                         f"{100 * g['insert_hit_before']:.0f} % | {v['outside_ssim']:.3f} | {100 * v['oracle_hit']:.0f} % |")
+                         f"{100 * g['insert_hit_before']:.0f} % | {_pct(g.get('paste_hit'))} | {v['outside_ssim']:.3f} | "
+                         f"{100 * v['oracle_hit']:.0f} % |")
     vol = summary.get("test composites", {}).get("volume")
     if vol:
         lines += ["", f"Volume edits on {vol['n']} single-object test composites (gains {setup['volume_gains']}; "

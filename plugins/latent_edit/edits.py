@@ -13,6 +13,12 @@ so an audio embedding z_A can stand in for (or move) the image feature z_V that 
 
 then the result is normalised to unit length when the generator reads unit-norm features (it
 normalises internally as well; doing it here makes the vectors we report the ones G sees).
+
+A regional edit (``--region``) applies the edited condition inside a square only and keeps the
+inverted z_V outside it, in every conditional batch norm of G (its regional condition): the
+object is drawn in latent space where it goes, and the rest of the picture is the
+reconstruction's, where the paper's rule repaints the whole scene (f_V describes the scene,
+background included). ``auto`` places the square where the whole-image edit drew its change.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ import torch.nn.functional as F
 MODES = ("insert", "volume")
 INSERT_RULES = ("mix", "add")
 COMPOSITES = ("masked", "residual", "none")
+REGIONS = ("none", "auto")  # or a box
+AUTO_SHARE = 0.5  # the auto square is the smallest that holds this share of the whole-image edit's change
+AUTO_SIDES = (0.25, 0.75)  # its side, as a fraction of the model size: at least / at most
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:
@@ -93,10 +102,73 @@ def edit_conditions(plan: EditPlan, z_v: torch.Tensor, z_a: dict) -> torch.Tenso
 
 
 @torch.no_grad()
-def render(G, z_n: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
-    """Images (B, 3, S, S) in [0, 1] for one z_N and B conditions."""
+def render(G, z_n: torch.Tensor, conditions: torch.Tensor, outside: torch.Tensor | None = None,
+           masks: torch.Tensor | None = None) -> torch.Tensor:
+    """Images (B, 3, S, S) in [0, 1] for one z_N and B conditions; with ``outside`` (1, D) and
+    ``masks`` (B, 1, S, S), the conditions hold only inside the masks (a regional edit)."""
     cond = condition_for(G, conditions)
-    return ((G(z_n.expand(len(cond), -1), cond) + 1) / 2).float().clamp(0, 1)
+    z = z_n.expand(len(cond), -1)
+    if masks is None:
+        return ((G(z, cond) + 1) / 2).float().clamp(0, 1)
+    out = condition_for(G, outside).expand(len(cond), -1)
+    return ((G(z, cond, outside=out, mask=masks.to(z.device)) + 1) / 2).float().clamp(0, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Regions
+
+
+def change_above_base(edit: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+    """(B, 1, S, S): how much each pixel changed, above the image's lower-quartile change (a GAN
+    edit shifts colours everywhere a little; what stands above that is what the edit drew)."""
+    d = (edit - recon).abs().amax(1, keepdim=True)
+    return (d - d.flatten(1).quantile(0.25, dim=1)[:, None, None, None]).clamp_min(0)
+
+
+def best_square(change: torch.Tensor, side: int) -> tuple[tuple[int, int, int, int], float]:
+    """The ``side`` x ``side`` square of one (1, S, S) change map holding the most change:
+    its box (x0, y0, x1, y1) and the change it holds."""
+    covered = F.avg_pool2d(change[None], side, stride=1)[0, 0] * side * side
+    k = int(covered.flatten().argmax())
+    y0, x0 = divmod(k, covered.shape[1])
+    return (x0, y0, x0 + side, y0 + side), float(covered.flatten()[k])
+
+
+def auto_box(change: torch.Tensor, share: float = AUTO_SHARE, sides=AUTO_SIDES) -> tuple[int, int, int, int]:
+    """The smallest square (side between ``sides`` of S, in steps of S/16) that holds ``share`` of a
+    (1, S, S) change map, placed where it holds the most; the largest when none does."""
+    S = change.shape[-1]
+    total = float(change.sum())
+    lo, hi = max(2, round(sides[0] * S)), max(2, round(sides[1] * S))
+    step = max(1, S // 16)
+    box = None
+    for side in list(range(lo, hi, step)) + [hi]:
+        box, held = best_square(change, side)
+        if total <= 0 or held >= share * total:
+            break
+    return box
+
+
+def box_mask(box, size: int, soft: float | None = None) -> torch.Tensor:
+    """(1, 1, S, S) mask of a box (x0, y0, x1, y1) in model pixels, its edge blurred by ``soft``
+    (default S/32) so the two conditions blend over a few pixels."""
+    x0, y0, x1, y1 = box
+    ys = torch.arange(size, dtype=torch.float32)[:, None] + 0.5
+    xs = torch.arange(size, dtype=torch.float32)[None, :] + 0.5
+    m = ((xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)).float()[None, None]
+    return _blur(m, size / 32 if soft is None else soft).clamp(0, 1)
+
+
+def region_masks(region, edits: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, list]:
+    """(B, 1, S, S) masks and their boxes for ``region``: ``auto`` (each whole-image edit's own
+    square, ``auto_box``) or one box (x0, y0, x1, y1) in model pixels for every edit."""
+    S = edits.shape[-1]
+    if region == "auto":
+        change = change_above_base(edits.float().cpu(), recon.float().cpu().expand_as(edits))
+        boxes = [auto_box(c) for c in change]
+    else:
+        boxes = [tuple(region)] * len(edits)
+    return torch.cat([box_mask(b, S) for b in boxes]), boxes
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,8 +7,9 @@
 3. The sound (a mix expression) is loaded at f_A's rate, mono, with its level kept (f_A's
    front end keeps level: louder means a bigger / closer source), and embedded: once for an
    insert, at two gains for a volume edit.
-4. Edits are rendered at model size from the inverted z_N and the edited condition, then
-   composited onto the photo at its own size (``edits.composite``).
+4. Edits are rendered at model size from the inverted z_N and the edited condition (inside a
+   region only, with ``--region``: ``edits.region_masks``), then composited onto the photo at
+   its own size (``edits.composite``).
 """
 
 from __future__ import annotations
@@ -128,6 +129,40 @@ def parse_strengths(text: str) -> list[float]:
     return values
 
 
+def parse_region(text: str | None):
+    """``none`` / ``auto`` / ``X0,Y0,X1,Y1`` (fractions of the photo's width and height) → the
+    same, the box as a tuple of floats."""
+    import math
+
+    text = "none" if text is None else str(text).strip().lower()
+    if text in ("none", "auto"):
+        return text
+    try:
+        box = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4 or not all(math.isfinite(v) and 0 <= v <= 1 for v in box) or box[2] <= box[0] or box[3] <= box[1]:
+        raise InputError(f"--region takes none, auto or X0,Y0,X1,Y1 (fractions of the photo, 0-1, X0 < X1, "
+                         f"Y0 < Y1), got {text!r}")
+    return box
+
+
+def region_in_model(region, photo_shape, box, size: int):
+    """A photo-fraction box → model pixels of the edited square ``box``; ``none``/``auto`` pass."""
+    if isinstance(region, str):
+        return region
+    h, w = photo_shape[:2]
+    x0, y0, x1, y1 = box
+    scale = size / (x1 - x0)
+    m = [(region[0] * w - x0) * scale, (region[1] * h - y0) * scale,
+         (region[2] * w - x0) * scale, (region[3] * h - y0) * scale]
+    m = [min(max(v, 0.0), float(size)) for v in m]
+    if m[2] - m[0] < 1 or m[3] - m[1] < 1:
+        raise InputError(f"--region {','.join(f'{v:g}' for v in region)} lies outside the edited square of the photo "
+                         f"(pixels {x0},{y0} to {x1},{y1}), or is less than a model pixel wide")
+    return tuple(m)
+
+
 def parse_gains(text: str) -> tuple[float, float]:
     import math
 
@@ -161,6 +196,7 @@ class EditResult:
     gains: tuple
     timings: dict = field(default_factory=dict)
     sound_level: dict = field(default_factory=dict)
+    regions: list = field(default_factory=list)  # per edit: its region box in model pixels (regional edits)
 
 
 def embed_sound(fa, wave: np.ndarray, gains, device) -> list:
@@ -187,11 +223,12 @@ def sound_level(wave: np.ndarray, fa_folder) -> dict:
 
 def run_edit(photo: np.ndarray, wave: np.ndarray, models: dict, *, mode: str, strengths: list, gains=(1.0, 1.0),
              steps: int | None, refine: int, seed: int, device, composite_how: str = "masked",
-             rule: str = "mix", inversion_overrides: dict | None = None) -> EditResult:
-    """Invert ``photo`` and render the edits for ``strengths`` (the models are loaded)."""
+             rule: str = "mix", region="none", inversion_overrides: dict | None = None) -> EditResult:
+    """Invert ``photo`` and render the edits for ``strengths`` (the models are loaded); ``region``
+    is ``none``, ``auto`` or a box in photo fractions (``parse_region``)."""
     import torch
 
-    from .edits import EditPlan, composite, edit_conditions, feature_mean, render
+    from .edits import EditPlan, composite, edit_conditions, feature_mean, region_masks, render
     from .invert import InversionConfig, invert, to_model_size
 
     G, fv, fa = models["generator"], models["image_encoder"], models["audio_encoder"]
@@ -201,6 +238,7 @@ def run_edit(photo: np.ndarray, wave: np.ndarray, models: dict, *, mode: str, st
         raise ModelError(str(exc)) from None
     t0 = time.perf_counter()
     target, box = to_model_size(photo, G.cfg.image_size)
+    model_region = region_in_model(region, photo.shape, box, G.cfg.image_size)  # fails before the inversion
     cfg = InversionConfig(**(inversion_overrides or {}))
     if steps is not None:
         cfg.steps = steps
@@ -216,11 +254,16 @@ def run_edit(photo: np.ndarray, wave: np.ndarray, models: dict, *, mode: str, st
     conds = edit_conditions(plan, inv.z_v, z_a)
     with torch.no_grad():
         edits = render(inv.generator, inv.z_n, conds)
+        boxes = []
+        if model_region != "none":
+            masks, boxes = region_masks(model_region, edits, inv.recon)
+            edits = render(inv.generator, inv.z_n, conds, outside=inv.z_v, masks=masks)
     comps = composite(photo, box, inv.recon, edits, how=composite_how)
     t2 = time.perf_counter()
     return EditResult(photo=photo, box=box, target=inv.target.cpu(), recon=inv.recon.cpu(), edits=edits.cpu(),
                       strengths=list(strengths), composites=comps, inversion=inv.metrics, mode=mode,
-                      gains=tuple(gains), timings={"invert_s": round(t1 - t0, 3), "edit_s": round(t2 - t1, 3)})
+                      gains=tuple(gains), timings={"invert_s": round(t1 - t0, 3), "edit_s": round(t2 - t1, 3)},
+                      regions=[[round(float(v), 2) for v in b] for b in boxes])
 
 
 def strip_image(result: EditResult, tile: int = 128):

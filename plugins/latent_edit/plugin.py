@@ -41,7 +41,8 @@ def _edit_mode(louder: bool, quieter: bool, gains: Optional[str]):
 def run_edit_command(image: Path, sound: str, *, strength: Optional[float] = None, louder: bool = False,
                      quieter: bool = False, gains: Optional[str] = None, sweep: Optional[str] = None,
                      steps: Optional[int] = None, refine: bool = False, seed: int = 0, gain: float = 1.0,
-                     composite: str = "masked", rule: str = "mix", generator: Optional[str] = None, image_encoder: Optional[str] = None,
+                     composite: str = "masked", rule: str = "mix", region: Optional[str] = None,
+                     generator: Optional[str] = None, image_encoder: Optional[str] = None,
                      audio_encoder: Optional[str] = None, out: Optional[Path] = None, strip: Optional[Path] = None,
                      force: bool = False, device=None, extra_provenance: Optional[dict] = None) -> dict:
     """The whole command: validate everything, load, invert, edit, write. Returns the JSON report."""
@@ -73,6 +74,7 @@ def run_edit_command(image: Path, sound: str, *, strength: Optional[float] = Non
     if not math.isfinite(strength):
         raise InputError(f"--strength must be a finite number, got {strength}")
     sweep_values = P.parse_strengths(sweep) if sweep else None
+    region_value = P.parse_region(region)
     image = Path(image)
     check_input_file(image, "image file")
     sources = [Path(p) for p, _ in parse_mix(sound)]  # bad expression / missing file → one line
@@ -109,13 +111,14 @@ def run_edit_command(image: Path, sound: str, *, strength: Optional[float] = Non
     strengths = [strength] + [s for s in (sweep_values or []) if s != strength]
     result = P.run_edit(photo, wave, models, mode=mode, strengths=strengths, gains=gain_pair, steps=steps,
                         refine=REFINE_STEPS if refine else 0, seed=seed, device=device, composite_how=composite,
-                        rule=rule)
+                        rule=rule, region=region_value)
 
     # --- outputs
     insert_rule = rule if mode == "insert" else None  # a volume edit has no insert rule
     params = {"image": str(image), "sound": sound, "mode": mode, "strength": strength, "gains": list(gain_pair),
               "sweep": sweep_values, "steps": result.inversion["steps"], "refine": refine, "seed": seed,
-              "gain": gain, "composite": composite, "rule": insert_rule}
+              "gain": gain, "composite": composite, "rule": insert_rule,
+              "region": region_value if isinstance(region_value, str) else list(region_value)}
     prov = make_provenance(models={f.name: f.provenance() for f in folders.values()}, seed=seed, params=params)
     prov.update(extra_provenance or {})
     save_image(out, result.composites[0], provenance=prov)
@@ -140,6 +143,8 @@ def run_edit_command(image: Path, sound: str, *, strength: Optional[float] = Non
         "device": str(device), "seed": seed,
         "inversion": result.inversion,
         "edit_mean_abs_change": round(change, 4),
+        "region": region_value if isinstance(region_value, str) else list(region_value),
+        "region_boxes_model_px": result.regions or None,
         "sound_level": P.sound_level(wave, folders["audio_encoder"]),
         "timings": {"load_inputs_s": round(t_load - t_start, 3), "load_models_s": round(t_models - t_load, 3),
                     **result.timings, "write_s": round(t_end - t_models - sum(result.timings.values()), 3),
@@ -170,6 +175,9 @@ def register_commands(app):
         rule: str = typer.Option("mix", "--rule", help="Insert rule: mix, z = (1-λ) z_V + λ z_A (the paper's; "
                                  "the scene drifts toward the sound's), or add, z = z_V + λ (z_A - μ): the sound's "
                                  "departure from the mean scene feature μ, added, so the photo's scene is kept."),
+        region: str = typer.Option("none", "--region", help="Edit one part of the picture in latent space: auto (the "
+                                   "square where the whole-picture edit drew its change) or X0,Y0,X1,Y1 (fractions of "
+                                   "the photo); the inverted photo's condition is kept outside it. none: the whole picture."),
         composite: str = typer.Option("masked", "--composite", help="How the edit goes back onto the photo: masked "
                                       "(photo + change, the edit itself where it changed a lot), residual (photo + change), "
                                       "none (the upscaled edit)."),
@@ -192,7 +200,7 @@ def register_commands(app):
 
         report = run_edit_command(image, sound, strength=strength, louder=louder, quieter=quieter, gains=gains,
                                   sweep=sweep, steps=steps, refine=refine, seed=seed, gain=gain, composite=composite,
-                                  rule=rule,
+                                  rule=rule, region=region,
                                   generator=generator, image_encoder=image_encoder, audio_encoder=audio_encoder,
                                   out=out, strip=strip, force=force, device=session.current().device())
         if as_json:
@@ -210,7 +218,8 @@ def _edit_step(params: dict, ctx) -> list[Path]:
         Path(params["image"]), params["sound"], strength=params.get("strength"), louder=params["louder"],
         quieter=params["quieter"], gains=params.get("gains"), sweep=params.get("sweep"), steps=params.get("steps"),
         refine=params["refine"], seed=params["seed"], gain=params["gain"], composite=params["composite"],
-        rule=params["rule"], generator=params.get("generator"), image_encoder=params.get("image_encoder"),
+        rule=params["rule"], region=params.get("region"), generator=params.get("generator"),
+        image_encoder=params.get("image_encoder"),
         audio_encoder=params.get("audio_encoder"), out=Path(params["out"]),
         strip=Path(params["strip"]) if params.get("strip") else None, force=ctx.force, device=ctx.device,
         extra_provenance=ctx.provenance)
@@ -232,6 +241,7 @@ def register_recipe_steps(register):
             "seed": Param(int, default=0), "gain": Param(float, default=1.0),
             "composite": Param(str, default="masked", choices=COMPOSITES),
             "rule": Param(str, default="mix", choices=INSERT_RULES),
+            "region": Param(str, default="none", help="none, auto or X0,Y0,X1,Y1 (fractions of the photo)."),
             "generator": Param(str), "image_encoder": Param(str), "audio_encoder": Param(str),
         },
         help="Insert a sound's source into a photo, or move it along the sound's volume direction.",

@@ -114,8 +114,26 @@ class CBN(nn.Module):
         self.gain = sn(nn.Linear(cond_dim, channels, bias=False))
         self.bias = sn(nn.Linear(cond_dim, channels, bias=False))
 
-    def forward(self, x, c):
-        return self.bn(x) * (1 + self.gain(c))[:, :, None, None] + self.bias(c)[:, :, None, None]
+    def forward(self, x, c, outside=None):
+        """``outside`` = (c_out, mask (B, 1, h, w) in [0, 1]): the condition is c where the mask
+        is 1 and c_out where it is 0 (gain and bias are linear in c, so blending them is
+        blending the condition)."""
+        h = self.bn(x)
+        gain, bias = (1 + self.gain(c))[:, :, None, None], self.bias(c)[:, :, None, None]
+        if outside is not None:
+            c_out, mask = outside
+            m = _fit_mask(mask, x.shape[-2:])
+            gain = m * gain + (1 - m) * (1 + self.gain(c_out))[:, :, None, None]
+            bias = m * bias + (1 - m) * self.bias(c_out)[:, :, None, None]
+        return h * gain + bias
+
+
+def _fit_mask(mask: torch.Tensor, size) -> torch.Tensor:
+    """The region mask at a feature map's resolution (area-averaged, so a soft edge stays soft)."""
+    if tuple(mask.shape[-2:]) == tuple(size):
+        return mask
+    return F.adaptive_avg_pool2d(mask, size) if mask.shape[-1] > size[-1] else \
+        F.interpolate(mask, size=size, mode="bilinear", align_corners=False)
 
 
 class SelfAttention(nn.Module):
@@ -148,11 +166,11 @@ class GBlock(nn.Module):
         self.conv2 = sn(nn.Conv2d(cout, cout, 3, 1, 1))
         self.short = sn(nn.Conv2d(cin, cout, 1))
 
-    def forward(self, x, c):
-        y = F.relu(self.bn1(x, c))
+    def forward(self, x, c, outside=None):
+        y = F.relu(self.bn1(x, c, outside))
         y = F.interpolate(y, scale_factor=2, mode="nearest")
         y = self.conv1(y)
-        y = self.conv2(F.relu(self.bn2(y, c)))
+        y = self.conv2(F.relu(self.bn2(y, c, outside)))
         return y + self.short(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
@@ -190,14 +208,25 @@ class Generator(nn.Module):
         h = F.normalize(features.float(), dim=-1) if self.cfg.normalize_features else features.float()
         return self.shared(self.standardize(h))
 
-    def forward(self, z: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, S, S) in [-1, 1] from noise z (B, z_dim) and features (B, D)."""
+    def forward(self, z: torch.Tensor, features: torch.Tensor, outside: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Images (B, 3, S, S) in [-1, 1] from noise z (B, z_dim) and features (B, D).
+
+        With ``outside`` (B, D) and ``mask`` (B, 1, S, S) in [0, 1], the condition is regional:
+        ``features`` where the mask is 1, ``outside`` where it is 0, in every conditional batch
+        norm at its own resolution (the noise and the convolutions are shared, so the two
+        regions join up). This is how an edit changes one part of a picture in latent space.
+        """
         cfg = self.cfg
+        if (outside is None) != (mask is None):
+            raise ValueError("a regional condition needs both the outside features and the mask")
         zs = torch.split(z, cfg.chunk, dim=1)
         e = self.condition(features).to(z.dtype)
+        e_out = None if outside is None else self.condition(outside).to(z.dtype)
         x = self.linear(zs[0]).view(len(z), -1, 4, 4)
         for i, block in enumerate(self.blocks):
-            x = block(x, torch.cat([zs[i + 1], e], 1))
+            region = None if e_out is None else (torch.cat([zs[i + 1], e_out], 1), mask.to(z.dtype))
+            x = block(x, torch.cat([zs[i + 1], e], 1), region)
             if str(i) in self.attn:
                 x = self.attn[str(i)](x)
         return torch.tanh(self.out_conv(F.relu(self.out_bn(x))))
