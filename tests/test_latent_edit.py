@@ -377,12 +377,16 @@ def test_same_seed_same_edit_and_volume_modes(tmp_path, tiny, inputs):
 
 
 def test_region_in_the_report_and_the_provenance(tmp_path, tiny, inputs):
-    rep = _edit(tiny, inputs, tmp_path / "r.png", region="auto", sweep="0.5,1", strip=tmp_path / "s.png")
+    rep = _edit(tiny, inputs, tmp_path / "r.png", sweep="0.5,1", strip=tmp_path / "s.png")  # an insert: auto
     assert rep["region"] == "auto" and len(rep["region_boxes_model_px"]) == 2  # the main edit and the sweep's other
     with Image.open(tmp_path / "r.png") as im:
         assert json.loads(im.text["soundsight"])["params"]["region"] == "auto"
-    rep = _edit(tiny, inputs, tmp_path / "n.png")
+    rep = _edit(tiny, inputs, tmp_path / "n.png", region="none")
     assert rep["region"] == "none" and rep["region_boxes_model_px"] is None
+    rep = _edit(tiny, inputs, tmp_path / "v.png", louder=True)  # a volume edit: the whole picture
+    assert rep["region"] == "none"
+    rep = _edit(tiny, inputs, tmp_path / "b.png", region="0.2,0.1,0.6,0.5")
+    assert rep["region"] == [0.2, 0.1, 0.6, 0.5] and len(rep["region_boxes_model_px"]) == 1
 
 
 def test_add_rule_with_a_standardised_generator(tmp_path, tiny, inputs):
@@ -535,7 +539,7 @@ def test_eval_edit_on_toy_scenes(tmp_path, tiny, inputs):
     data = write_toy_scenes(tmp_path / "scenes-toy", counts={"train": 4, "val": 2, "test": 6})
     out = tmp_path / "eval"
     rc = eval_edit.main(["--data", str(data), "--n", "3", "--real", "0", "--photo", str(inputs["photo"]),
-                         "--steps", "4", "--topk", "1", "--strengths", "0.5,1", "--volume-strengths", "1",
+                         "--steps", "4", "--region", "none", "--topk", "1", "--strengths", "0.5,1", "--volume-strengths", "1",
                          "--generator", str(tiny["g"]), "--image-encoder", str(tiny["fv"]),
                          "--audio-encoder", str(tiny["fa"]), "--evaluator", str(tiny["ev"]), "--out", str(out)])
     assert rc == 0
@@ -555,11 +559,13 @@ def test_eval_edit_on_toy_scenes(tmp_path, tiny, inputs):
     # the pasted real object: the ceiling is a rate like the others
     assert all(0 <= g["paste_hit"] <= 1 for g in s.values()) and all(isinstance(r["paste_hit"], bool) for r in rows)
     rc = eval_edit.main(["--data", str(data), "--n", "2", "--real", "0", "--steps", "2", "--topk", "1",
-                         "--strengths", "1", "--volume-strengths", "1", "--region", "auto",
+                         "--strengths", "1", "--volume-strengths", "1", "--volume-region", "auto",
                          "--generator", str(tiny["g"]), "--image-encoder", str(tiny["fv"]),
                          "--audio-encoder", str(tiny["fa"]), "--evaluator", str(tiny["ev"]), "--out", str(out / "r")])
     res = json.loads((out / "r" / "results.json").read_text())
-    assert rc == 0 and res["setup"]["region"] == "auto" and "region auto" in (out / "r" / "results.md").read_text()
+    md = (out / "r" / "results.md").read_text()
+    assert rc == 0 and res["setup"]["region"] == res["setup"]["volume_region"] == "auto"
+    assert "mix rule, region auto" in md and "0.5], region auto;" in md
 
 
 def data_labels(data, name):

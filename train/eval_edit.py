@@ -28,8 +28,9 @@ classifier + object-size regressor trained on real composites, never used for ed
 - oracle insert: the same edit with z_A replaced by f_V of the sound's own held-out picture
   (what a perfect audio encoder would give): separates the audio encoder from inversion +
   generator;
-- ``--region auto``: every edit regional, as the command's ``--region auto`` (the edited
-  condition only inside the square where the whole-image edit drew its change);
+- ``--region`` (default ``auto``, as the command's inserts): the insert's edited condition only
+  inside the square where the whole-image edit drew its change (``none``: the paper's whole
+  picture); ``--volume-region`` the same for the volume edits (default ``none``, as the command's);
 - volume: single-object test composites, their own sound; ``--louder`` (z_A(2x) - z_A(x/2))
   should make the evaluator's estimated object size larger than on the reconstruction,
   ``--quieter`` smaller (target ≥ 80 % of the edits in the right direction).
@@ -70,9 +71,12 @@ def parse(argv=None):
     ap.add_argument("--strengths", default="0.5,0.75,1", help="insert strengths λ")
     ap.add_argument("--insert-rule", default="mix", choices=INSERT_RULES,
                     help="mix: (1 - λ) z_V + λ z_A (the paper's); add: z_V + λ (z_A - μ)")
-    ap.add_argument("--region", default="none", choices=("none", "auto"),
-                    help="regional edits (the command's --region): the edited condition only inside the square "
-                         "where the whole-image edit drew its change, the inverted z_V outside it")
+    ap.add_argument("--region", default="auto", choices=("none", "auto"),
+                    help="inserts (the command's --region, auto by default): the edited condition only inside the "
+                         "square where the whole-image edit drew its change, the inverted z_V outside it; none: the "
+                         "whole picture (the paper's)")
+    ap.add_argument("--volume-region", default="none", choices=("none", "auto"),
+                    help="the same for the volume edits (none by default, as in the command)")
     ap.add_argument("--volume-strengths", default="0.5,1,2", help="volume-edit strengths λ")
     ap.add_argument("--volume-gains", default="2,0.5", help="g1,g2 of --louder (--quieter swaps them)")
     ap.add_argument("--topk", type=int, default=5)
@@ -276,11 +280,11 @@ def main(argv=None) -> int:
     cfg.refine_steps = args.refine
     masks_all = pasted_masks(test, S, log)  # the test objects' own masks, for the pasted ceiling
 
-    def edit(inv, conds):
+    def edit(inv, conds, region):
         out = render(inv.generator, inv.z_n, conds)
-        if args.region == "none":
+        if region == "none":
             return out
-        masks, _ = region_masks(args.region, out, inv.recon)
+        masks, _ = region_masks(region, out, inv.recon)
         return render(inv.generator, inv.z_n, conds, outside=inv.z_v, masks=masks)
 
     rows, examples = [], []
@@ -295,7 +299,7 @@ def main(argv=None) -> int:
         cls = int(test.labels[j, 0])
         wave = test.audio([j])[0]
         (z_ins,) = P.embed_sound(fa, wave, [1.0], dev)
-        ins = edit(inv, edit_conditions(insert_plan, inv.z_v, {"sound": z_ins}))
+        ins = edit(inv, edit_conditions(insert_plan, inv.z_v, {"sound": z_ins}), args.region)
         row = {"name": ph["name"], "source": ph["source"], "psnr": float(psnr(recon, inv.target)),
                "ssim": float(ssim(recon, inv.target)), "seconds": inv.metrics["seconds"],
                "insert_class": classes[cls], "insert_recording": int(test.recordings[j, 0])}
@@ -310,7 +314,7 @@ def main(argv=None) -> int:
         pic, _ = to_model_size(test.images[j], fv.cfg.image_size)
         with torch.no_grad():
             z_pic = F.normalize(fv(pic.to(dev.torch_device)).float(), dim=-1)
-        orc = edit(inv, edit_conditions(insert_plan, inv.z_v, {"sound": z_pic}))
+        orc = edit(inv, edit_conditions(insert_plan, inv.z_v, {"sound": z_pic}), args.region)
         row["oracle_hit"] = class_in_topk(ev.predict(orc.cpu())["logits"], cls, args.topk)
         row["audio_image_cosine"] = float((F.normalize(z_ins.float(), dim=-1) * z_pic).sum())
         # ceiling: the sound's own real object (its held-out stamp, where and how big its scene has
@@ -329,8 +333,9 @@ def main(argv=None) -> int:
         if ph["source"] == "test-composite" and int(test.n_objects[ph["index"]]) == 1:
             own = test.audio([ph["index"]])[0]
             za1, za2 = P.embed_sound(fa, own, [g1, g2], dev)
-            loud = edit(inv, edit_conditions(EditPlan("volume", vstrengths), inv.z_v, {"g1": za1, "g2": za2}))
-            quiet = edit(inv, edit_conditions(EditPlan("volume", vstrengths), inv.z_v, {"g1": za2, "g2": za1}))
+            vplan = EditPlan("volume", vstrengths)
+            loud = edit(inv, edit_conditions(vplan, inv.z_v, {"g1": za1, "g2": za2}), args.volume_region)
+            quiet = edit(inv, edit_conditions(vplan, inv.z_v, {"g1": za2, "g2": za1}), args.volume_region)
             sz = ev.predict(torch.cat([recon, loud, quiet]).cpu())["log_size"]
             n = len(vstrengths)
             row["size_recon"] = float(sz[0])
@@ -352,6 +357,7 @@ def main(argv=None) -> int:
               "setup": {"data": data.name, "n_composites": int(len(idx)), "n_real": len(photos) - int(len(idx)),
                         "inversion": cfg.to_dict(), "seed": args.seed, "topk": args.topk, "strengths": strengths,
                         "insert_rule": args.insert_rule, "region": args.region,
+                        "volume_region": args.volume_region,
                         "volume_strengths": vstrengths, "volume_gains": [g1, g2], "device": str(dev),
                         "threads": torch.get_num_threads(), "seconds": round(time.time() - t_all, 1),
                         "models": {r: {"name": f.name, "sha256": f.sha256()} for r, f in folders.items()},
@@ -435,7 +441,9 @@ def markdown(summary: dict, setup: dict) -> str:
                          f"{100 * v['oracle_hit']:.0f} % |")
     vol = summary.get("test composites", {}).get("volume")
     if vol:
-        lines += ["", f"Volume edits on {vol['n']} single-object test composites (gains {setup['volume_gains']}; "
+        vreg = setup.get("volume_region", "none")
+        lines += ["", f"Volume edits on {vol['n']} single-object test composites (gains {setup['volume_gains']}"
+                  + (f", region {vreg}" if vreg != "none" else "") + "; "
                   "evaluator's estimated size vs on the reconstruction; small / large half: photos whose reconstructed object "
                   "the evaluator sizes below / above the median):", "",
                   "| λ | louder → bigger | quieter → smaller | quieter → smaller: small / large half | right direction "

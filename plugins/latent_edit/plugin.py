@@ -20,6 +20,10 @@ COMPOSITES = ("masked", "residual", "none")
 INSERT_RULES = ("mix", "add")
 REFINE_STEPS = 100  # per-image generator fine-tuning steps of --refine
 DEFAULT_STRENGTH = {"insert": 0.5, "volume": 1.0}
+# An insert draws its object in a region and keeps the rest of the picture (eval_edit: the same
+# insert success, SSIM outside the object 0.81-0.92 against 0.25-0.62 for the whole picture);
+# a volume edit moves the object the photo already has, and measured better on the whole picture.
+DEFAULT_REGION = {"insert": "auto", "volume": "none"}
 
 
 def _edit_mode(louder: bool, quieter: bool, gains: Optional[str]):
@@ -71,10 +75,10 @@ def run_edit_command(image: Path, sound: str, *, strength: Optional[float] = Non
     mode, gain_pair = _edit_mode(louder, quieter, gains)
     if strength is None:
         strength = DEFAULT_STRENGTH[mode]
+    region_value = P.parse_region(DEFAULT_REGION[mode] if region is None else region)
     if not math.isfinite(strength):
         raise InputError(f"--strength must be a finite number, got {strength}")
     sweep_values = P.parse_strengths(sweep) if sweep else None
-    region_value = P.parse_region(region)
     image = Path(image)
     check_input_file(image, "image file")
     sources = [Path(p) for p, _ in parse_mix(sound)]  # bad expression / missing file → one line
@@ -175,9 +179,10 @@ def register_commands(app):
         rule: str = typer.Option("mix", "--rule", help="Insert rule: mix, z = (1-λ) z_V + λ z_A (the paper's; "
                                  "the scene drifts toward the sound's), or add, z = z_V + λ (z_A - μ): the sound's "
                                  "departure from the mean scene feature μ, added, so the photo's scene is kept."),
-        region: str = typer.Option("none", "--region", help="Edit one part of the picture in latent space: auto (the "
-                                   "square where the whole-picture edit drew its change) or X0,Y0,X1,Y1 (fractions of "
-                                   "the photo); the inverted photo's condition is kept outside it. none: the whole picture."),
+        region: Optional[str] = typer.Option(None, "--region", help="Where the edit acts, in latent space: auto (the square "
+                                             "where the whole-picture edit drew its change; the default for an insert), "
+                                             "X0,Y0,X1,Y1 (fractions of the photo) or none (the whole picture; the "
+                                             "default for a volume edit). Outside it the photo's own condition is kept."),
         composite: str = typer.Option("masked", "--composite", help="How the edit goes back onto the photo: masked "
                                       "(photo + change, the edit itself where it changed a lot), residual (photo + change), "
                                       "none (the upscaled edit)."),
@@ -241,7 +246,8 @@ def register_recipe_steps(register):
             "seed": Param(int, default=0), "gain": Param(float, default=1.0),
             "composite": Param(str, default="masked", choices=COMPOSITES),
             "rule": Param(str, default="mix", choices=INSERT_RULES),
-            "region": Param(str, default="none", help="none, auto or X0,Y0,X1,Y1 (fractions of the photo)."),
+            "region": Param(str, help="auto (an insert's default), none (a volume edit's) or X0,Y0,X1,Y1 "
+                                      "(fractions of the photo)."),
             "generator": Param(str), "image_encoder": Param(str), "audio_encoder": Param(str),
         },
         help="Insert a sound's source into a photo, or move it along the sound's volume direction.",
