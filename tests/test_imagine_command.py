@@ -298,3 +298,91 @@ def test_demo_with_installed_models(home, tmp_path):
     assert all(p.exists() for p in written)
     reports = json.loads((tmp_path / "imagine.json").read_text())
     assert [r["n"] for r in reports] == [4, 4, 3] and reports[2]["sweep_gain"] == [0.25, 1.0, 4.0]
+
+
+# --------------------------------------------------------------------------------------------
+# instance anchoring
+
+
+def test_anchor_is_the_normalised_blend_with_the_nearest_instance():
+    import torch
+
+    from soundsight_plugins.scene_gen.instances import anchor
+
+    bank = torch.eye(3)  # three orthogonal unit instances
+    f = torch.tensor([[0.6, 0.8, 0.0], [0.0, 0.0, -2.0]])
+    out, idx = anchor(f, bank, 0.5)
+    assert idx.tolist() == [1, 0]  # largest cosine; a feature pointing away from all takes the first tie
+    want = torch.tensor([[0.3, 0.9, 0.0], [0.5, 0.0, -0.5]])
+    assert torch.allclose(out, want / want.norm(dim=1, keepdim=True), atol=1e-6)
+    assert torch.allclose(anchor(f, bank, 0.0)[0], f / f.norm(dim=1, keepdim=True))
+    assert torch.allclose(anchor(f, bank, 1.0)[0], bank[idx])
+
+
+@pytest.fixture
+def bank(home, tmp_path):
+    """An instance bank of the toy training images, made by the real builder with the tiny f_V."""
+    from soundsight_train import scene_instances
+
+    out = tmp_path / "bank"
+    assert scene_instances.main(["--data", str(home["toy"]), "--image-encoder", str(home["fv"]),
+                                 "--out", str(out), "--threads", "1"]) == 0
+    return out
+
+
+def test_anchor_draws_from_the_nearest_instance_and_is_reported(home, bank, tmp_path):
+    import torch
+
+    from soundsight import registry
+    from soundsight_plugins.scene_gen.imagine import draw_noise
+
+    plain = imagine(SHEEP, out=tmp_path / "p.png")
+    assert plain["anchor"] == 0.0 and plain["anchor_instances"] is None and "instances" not in plain["models"]
+    zero = imagine(SHEEP, out=tmp_path / "z.png", anchor=0.0, instances=str(bank))
+    assert np.array_equal(pixels(tmp_path / "z.png"), pixels(tmp_path / "p.png"))
+    half = imagine(SHEEP, out=tmp_path / "h.png", anchor=0.5, instances=str(bank))
+    assert half["models"]["instances"] == "bank" and not np.array_equal(pixels(tmp_path / "h.png"), pixels(tmp_path / "p.png"))
+    assert provenance(tmp_path / "h.png")["params"]["anchor"] == 0.5 and "bank" in provenance(tmp_path / "h.png")["models"]
+    full = imagine(SHEEP, out=tmp_path / "f.png", anchor=1.0, instances=str(bank))
+    (k,) = full["anchor_instances"]
+    assert half["anchor_instances"] == [k] and zero["anchor_instances"] is None
+    # anchor 1: the generator drawn from that training image's own feature, with the seed's noise
+    dev = __import__("soundsight.device", fromlist=["resolve_device"]).resolve_device("cpu")
+    G, inst = registry.load(home["gan"], dev), registry.load(bank, dev)
+    with torch.no_grad():
+        want = G.generate(inst.features[k:k + 1], z=draw_noise(G, "gan", 1, 0, dev))
+    want = (want.clamp(0, 1) * 255 + 0.5).to(torch.uint8)[0].permute(1, 2, 0).numpy()
+    assert np.abs(pixels(tmp_path / "f.png").astype(int) - want.astype(int)).max() <= 1
+
+
+def test_anchor_defaults_from_the_generator_card(home, bank, tmp_path):
+    import shutil
+
+    g = tmp_path / "gan-anchored"
+    shutil.copytree(home["gan"], g)
+    card = json.loads((g / "card.json").read_text())
+    card["inference"] = {"anchor": 0.5, "instances": str(bank)}
+    (g / "card.json").write_text(json.dumps(card))
+    rep = imagine(SHEEP, model=str(g), out=tmp_path / "a.png")
+    assert rep["anchor"] == 0.5 and rep["models"]["instances"] == "bank"
+    assert imagine(SHEEP, model=str(g), out=tmp_path / "b.png", anchor=0.0)["anchor"] == 0.0  # the option wins
+
+
+def test_anchor_errors(home, bank, tmp_path):
+    import shutil
+
+    from soundsight.errors import InputError, ModelError
+
+    with pytest.raises(InputError, match="--anchor must be between 0 and 1"):
+        imagine(SHEEP, out=tmp_path / "o.png", anchor=1.5)
+    with pytest.raises(ModelError, match=r"instance bank model scene-instances-64 is not installed; train it with "
+                                         r"`python -m soundsight_train\.scene_instances --image-encoder"):
+        imagine(SHEEP, out=tmp_path / "o.png", anchor=0.5)
+    other = tmp_path / "other-bank"
+    shutil.copytree(bank, other)
+    card = json.loads((other / "card.json").read_text())
+    card["conditioning"]["image_encoder"]["files"] = {"model.safetensors": "0" * 64}
+    (other / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="another image encoder"):
+        imagine(SHEEP, out=tmp_path / "o.png", anchor=0.5, instances=str(other))
+    assert not (tmp_path / "o.png").exists()

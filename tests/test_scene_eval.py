@@ -243,3 +243,21 @@ def test_eval_scene_subset_and_no_ldm(scene_models, tmp_path):
                          "--image-encoder", str(scene_models["fv"]), "--audio-encoder", str(scene_models["fa"]),
                          "--gan", str(scene_models["gan"]), "--out-json", str(tmp_path / "x.json"),
                          "--out-md", str(tmp_path / "x.md")])
+
+
+def test_eval_scene_anchors_the_gans_sound_rows_as_imagine_does(scene_models, tmp_path):
+    from soundsight_train import scene_instances
+
+    bank = tmp_path / "bank"
+    assert scene_instances.main(["--data", str(scene_models["toy"]), "--image-encoder", str(scene_models["fv"]),
+                                 "--out", str(bank), "--threads", "1"]) == 0
+    plain, _ = _eval(scene_models, tmp_path / "p", "--ldm", "none")
+    full, md = _eval(scene_models, tmp_path / "a", "--ldm", "none", "--anchor", "1", "--instances", str(bank))
+    assert plain["gan_anchor"] == 0.0 and plain["gan_instances"] is None
+    assert full["gan_anchor"] == 1.0 and full["gan_instances"]["name"] == "bank"
+    p, a = ({r["key"]: r for r in res["rows"]} for res in (plain, full))
+    for key in ("A-gan", "C", "C-gan", "D"):  # rows that do not draw from the sound's feature are untouched
+        assert a[key] == p[key]
+    # anchored fully, the GAN draws from training images' own features: row B is a retrieval through G
+    assert a["B-gan"]["method"].endswith("(f_A anchored 1)") and "anchored 1 to bank" in md
+    assert full["controls"]["retrieval"] == plain["controls"]["retrieval"]

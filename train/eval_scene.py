@@ -62,6 +62,10 @@ def parse(argv=None):
     ap.add_argument("--n", type=int, default=0, help="test sounds to use (0: all)")
     for key, name in DEFAULTS.items():
         ap.add_argument("--" + key.replace("_", "-"), default=name, help=f"registry name or folder (default {name})")
+    ap.add_argument("--anchor", type=float, default=None,
+                    help="the GAN's --anchor (sound features pulled toward the nearest training instance's; "
+                         "default: the GAN card's, 0 without one)")
+    ap.add_argument("--instances", default=None, help="instance bank for --anchor (default: the GAN card's)")
     ap.add_argument("--steps", type=int, default=25, help="DDIM steps of the LDM")
     ap.add_argument("--guidance", type=float, default=None, help="LDM guidance (default: the model's)")
     ap.add_argument("--ldm-n", type=int, default=0,
@@ -105,6 +109,24 @@ def load_models(args, dev) -> tuple[dict, dict]:
         models[key] = registry.load(folder, dev)
         refs[key] = {"name": folder.name, "path": str(folder.path), "files": folder.provenance()}
     return models, refs
+
+
+def gan_anchor(args, refs: dict, dev):
+    """(weight, bank or None, the bank's reference) of the GAN's instance anchoring: ``--anchor`` /
+    ``--instances``, else the GAN card's ``inference`` defaults, as ``imagine`` resolves them."""
+    from soundsight import registry
+    from soundsight.errors import UserError
+    from soundsight_plugins.scene_gen.imagine import resolve_anchor
+
+    try:
+        weight, folder = resolve_anchor(registry.resolve(refs["gan"]["path"]), args.anchor, args.instances)
+    except UserError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    if folder is None:
+        return 0.0, None, None
+    log(f"GAN conditions anchored {weight:g} to the instances of {folder.name}")
+    return weight, registry.load(folder, dev), {"name": folder.name, "path": str(folder.path),
+                                                  "files": folder.provenance()}
 
 
 def _installed(name: str) -> bool:
@@ -263,6 +285,12 @@ def run(args) -> dict:
         if m is not None and m.cfg.feature_dim != fv.cfg.feature_dim:
             raise SystemExit(f"error: {refs[name]['name']} works with {m.cfg.feature_dim}-d features, "
                              f"{refs['image_encoder']['name']} gives {fv.cfg.feature_dim}")
+    weight, bank, bank_ref = gan_anchor(args, refs, dev)
+
+    def anchored(f: torch.Tensor) -> torch.Tensor:
+        """The GAN's condition for audio features, as `imagine` makes it."""
+        return f if bank is None else bank.anchor(f, weight)[0].cpu()
+
     labels = torch.from_numpy(split.labels[idx].astype("int64"))
     n_ldm = n if args.ldm_n <= 0 else min(args.ldm_n, n)
     log(f"{folder.name}/{args.split}: {n} sounds ({n_ldm} for the LDM), {len(split.classes)} classes; device {dev}")
@@ -303,10 +331,11 @@ def run(args) -> dict:
 
     t0 = time.time()
     add_row("A-gan", "A", "GAN from the true image's f_V features", gan_images(G, z_v, z, dev, args.batch))
-    add_row("B-gan", "B", "ours: GAN from the sound (f_A)", gan_images(G, z_a, z, dev, args.batch))
+    how = f" anchored {weight:g}" if weight else ""
+    add_row("B-gan", "B", f"ours: GAN from the sound (f_A{how})", gan_images(G, anchored(z_a), z, dev, args.batch))
     partner = torch.from_numpy(other_class_partners(labels[:, 0].numpy(), args.seed))
-    add_row("B0-gan", "B0", "GAN from another class's sound (bias floor)", gan_images(G, z_a[partner], z, dev, args.batch),
-            with_fid=False)
+    add_row("B0-gan", "B0", "GAN from another class's sound (bias floor)",
+            gan_images(G, anchored(z_a[partner]), z, dev, args.batch), with_fid=False)
     log(f"GAN rows: {time.time() - t0:.0f}s")
     lat = None
     if ldm is not None:
@@ -362,7 +391,7 @@ def run(args) -> dict:
 
     def draw(backend: str, feats: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         if backend == "gan":
-            return gan_images(G, feats, noise, dev, args.batch)
+            return gan_images(G, anchored(feats), noise, dev, args.batch)
         if backend == "ldm":
             return ldm_images(ldm, feats, noise, args.steps, args.guidance, dev, args.batch)
         return retrieve(feats)
@@ -404,7 +433,8 @@ def run(args) -> dict:
     n_classes = len(split.classes)
     return {"dataset": folder.name, "split": args.split, "n": n, "n_ldm": n_ldm if ldm is not None else 0,
             "classes": n_classes, "classes_in_split": int(len(np.unique(split.labels[idx, 0]))),
-            "seed": args.seed, "gan_truncation": args.truncation, "ldm_steps": args.steps if ldm is not None else None,
+            "seed": args.seed, "gan_truncation": args.truncation, "gan_anchor": weight, "gan_instances": bank_ref,
+            "ldm_steps": args.steps if ldm is not None else None,
             "models": refs, "rows": rows, "fid_floor_val_vs_test": fid_floor,
             "random_ranking": {"r1": round(1 / n_classes, 4), "r5": round(min(5, n_classes) / n_classes, 4)},
             "constant_guess_r1": constant_guess_r1(labels[:, 0].numpy()),
@@ -430,7 +460,9 @@ def markdown(res: dict) -> str:
     what = SPLIT_NATURE.get(split, "")
     lines = [f"{'Held-out sounds' if split == 'test' else 'Sounds'}: {res['dataset']} `{split}` split, {res['n']} sounds "
              f"({res['classes_in_split']} of {res['classes']} classes{'; ' + what if what else ''}). "
-             f"Judge: {res['models']['evaluator']['name']}; one image per sound, seed {res['seed']}.", "",
+             f"Judge: {res['models']['evaluator']['name']}; one image per sound, seed {res['seed']}"
+             + (f"; the GAN's sound features anchored {res['gan_anchor']:g} to {res['gan_instances']['name']}"
+                if res.get("gan_anchor") else "") + ".", "",
              "| row | method | R@1 | R@5 | FID (evaluator features) | size corr. |", "|---|---|---|---|---|---|"]
     for r in res["rows"]:
         lines.append(f"| ({r['row']}) | {r['method']} | {r['r1']:.3f} | {r['r5']:.3f} | {_f(r['fid'], 2)} | "

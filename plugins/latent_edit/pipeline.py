@@ -284,10 +284,18 @@ def strip_image(result: EditResult, tile: int = 128):
     model = torch.cat([result.recon, result.edits], 0)
     model = F.interpolate(model, size=(tile, tile), mode="bicubic", align_corners=False)
     labels = ["photo", f"inverted {result.inversion['psnr']:.1f} dB"] + [f"strength {s:g}" for s in result.strengths]
+    # where a regional edit acted (not at strength 0, which changes nothing anywhere)
+    regions = [None, None] + [r if s else None for r, s in zip(result.regions or [None] * len(result.strengths),
+                                                                 result.strengths)]
+    scale = tile / result.target.shape[-1]
     tiles = []
-    for arr, label in zip(np.concatenate([to_uint8(crop), to_uint8(model)]), labels):
+    for arr, label, region in zip(np.concatenate([to_uint8(crop), to_uint8(model)]), labels, regions):
         im = Image.new("RGB", (tile, tile + 14), (255, 255, 255))
         im.paste(Image.fromarray(arr), (0, 0))
-        ImageDraw.Draw(im).text((3, tile + 1), label, fill=(0, 0, 0))
+        draw = ImageDraw.Draw(im)
+        draw.text((3, tile + 1), label, fill=(0, 0, 0))
+        if region is not None:
+            x0, y0, x1, y1 = (round(v * scale) for v in region)
+            draw.rectangle((x0, y0, min(x1, tile) - 1, min(y1, tile) - 1), outline=(255, 220, 0))
         tiles.append(im)
     return make_grid(tiles, rows=1)

@@ -129,7 +129,8 @@ def run_edit_command(image: Path, sound: str, *, strength: Optional[float] = Non
     written = [str(out)]
     if strip is not None:
         order = [strengths.index(s) for s in sweep_values]
-        view = P.EditResult(**{**result.__dict__, "edits": result.edits[order], "strengths": sweep_values})
+        view = P.EditResult(**{**result.__dict__, "edits": result.edits[order], "strengths": sweep_values,
+                               "regions": [result.regions[i] for i in order] if result.regions else []})
         save_image(strip, P.strip_image(view), provenance=prov)
         written.append(str(strip))
     t_end = time.perf_counter()

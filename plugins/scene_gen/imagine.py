@@ -5,7 +5,8 @@ Pipeline: the mix expression is loaded with the core's ``load_mix`` (per-source 
 length (shorter sounds are tiled, longer ones cropped from the start). The level is kept on
 purpose: the audio encoder's front end does not normalise loudness away, so a louder sound is a
 bigger / closer object. f_A(audio) → the feature z_A → the GAN generator G(z_N, z_A) or the
-LDM's DDIM sampler → PNGs with provenance. The noise comes from the seed alone: the same seed
+LDM's DDIM sampler → PNGs with provenance. With ``--anchor W`` (the shipped GAN's card sets
+0.5) z_A is first pulled toward the nearest training instance's f_V (``instances.anchor``). The noise comes from the seed alone: the same seed
 and the same sound give the same images, and a gain sweep uses the same noise at every gain.
 """
 
@@ -23,6 +24,7 @@ from soundsight.errors import InputError, ModelError
 BACKENDS = ("gan", "ldm")
 SIZES = (32, 64, 128, 256)
 DEFAULT_AUDIO_ENCODER = "scene-audio-encoder-64"
+DEFAULT_INSTANCES = "scene-instances-64"
 DEFAULT_STEPS = 25
 # the GAN is the default back end: on the 500 held-out sounds the shipped GAN (10229 steps) beats
 # the LDM on class (R@1 0.060 vs 0.032), scale (size corr. 0.65 vs 0.62) and FID (10.4 vs 19.1),
@@ -47,6 +49,7 @@ def train_command(name: str) -> str | None:
         f"scene-gan-{size}": f"python -m soundsight_train.scene_gan {fv}" + (f" --size {size}" if size != "64" else ""),
         f"scene-ldm-{size}": f"python -m soundsight_train.scene_ldm {fv}" + (f" --size {size}" if size != "64" else ""),
         "scene-evaluator-64": "python -m soundsight_train.scene_evaluator",
+        DEFAULT_INSTANCES: f"python -m soundsight_train.scene_instances {fv}",
     }
     cmd = commands.get(name)
     return None if cmd is None else f"{cmd} --out {TRAIN_HOME}/{name}"
@@ -93,6 +96,29 @@ def resolve_model(name: str, task: str, what: str, default: bool):
     if default and not is_installed(name):
         raise missing_model_error(name, what)
     return registry.resolve(name, task=task)
+
+
+def resolve_anchor(g_folder, anchor: float | None, instances: str | None):
+    """(weight, bank folder or None): ``--anchor`` / ``--instances``, else the generator card's
+    ``inference`` defaults (none: no anchoring). The bank must come from the image encoder the
+    generator was conditioned on."""
+    from soundsight import registry
+
+    inference = g_folder.card.get("inference") or {}
+    if anchor is not None and not (math.isfinite(anchor) and 0 <= anchor <= 1):
+        raise InputError(f"--anchor must be between 0 and 1, got {anchor}")
+    weight = float(inference.get("anchor", 0.0) if anchor is None else anchor)
+    if weight == 0:
+        return 0.0, None
+    name = instances or inference.get("instances") or DEFAULT_INSTANCES
+    folder = resolve_model(name, "scene-instances", "instance bank", default=instances is None)
+    want = ((g_folder.card.get("conditioning") or {}).get("image_encoder") or {}).get("files")
+    have = ((folder.card.get("conditioning") or {}).get("image_encoder") or {}).get("files")
+    if want and have and want != have:
+        raise ModelError(f"the instance bank {folder.name} was made with another image encoder than {g_folder.name} "
+                         "was conditioned on; rebuild it with `python -m soundsight_train.scene_instances "
+                         "--image-encoder ...` or give --anchor 0")
+    return weight, folder
 
 
 def parse_gains(text: str) -> list[float]:
@@ -250,8 +276,8 @@ def sweep_strip(rows: list[list[np.ndarray]], gains: list[float], pad: int = 2):
 
 def run_imagine(sound: str, *, gain: float = 1.0, gain_db: float | None = None, n: int = 1, seed: int = 0,
                 backend: str | None = None, steps: int | None = None, guidance: float | None = None,
-                size: int | None = None, model: str | None = None,
-                audio_model: str | None = None, out=None, grid=None, sweep_gain: str | None = None,
+                size: int | None = None, model: str | None = None, anchor: float | None = None,
+                instances: str | None = None, audio_model: str | None = None, out=None, grid=None, sweep_gain: str | None = None,
                 write_images: bool = True, force: bool = False, device=None, extra_provenance: dict | None = None,
                 command: str | None = None) -> dict:
     """The whole command: validate, plan outputs, load, generate, write. Returns the JSON report."""
@@ -311,8 +337,13 @@ def run_imagine(sound: str, *, gain: float = 1.0, gain_db: float | None = None, 
     if arch != expected:
         raise InputError(f"{g_folder.name} is a {arch!r} model, not a {backend.upper()}; "
                          f"use --backend {'ldm' if arch == 'scene-ldm' else 'gan'} or another --model")
+    weight, bank_folder = resolve_anchor(g_folder, anchor, instances)
     fa = registry.load(fa_folder, device)
     G = registry.load(g_folder, device)
+    bank = registry.load(bank_folder, device) if bank_folder is not None else None
+    if bank is not None and bank.cfg.feature_dim != G.cfg.feature_dim:
+        raise ModelError(f"the instance bank {bank_folder.name} holds {bank.cfg.feature_dim}-d features, "
+                         f"{g_folder.name} reads {G.cfg.feature_dim}-d ones")
     if G.cfg.feature_dim != fa.cfg.feature_dim:
         raise ModelError(f"{g_folder.name} is conditioned on {G.cfg.feature_dim}-d features but {fa_folder.name} "
                          f"gives {fa.cfg.feature_dim}-d ones; they were not trained together")
@@ -340,18 +371,25 @@ def run_imagine(sound: str, *, gain: float = 1.0, gain_db: float | None = None, 
         console.warn(f"the sound peaks at {level['peak_dbfs']} dBFS: the audio encoder clips it to ±{fa.cfg.clip:g}")
     dev_t = device.torch_device
 
+    nearest = []  # the training instance each feature was pulled toward
+
     def feature(w: np.ndarray):
         with torch.inference_mode():
-            return fa.embed(torch.from_numpy(w)[None].to(dev_t))
+            f = fa.embed(torch.from_numpy(w)[None].to(dev_t))
+            if bank is not None:
+                f, idx = bank.anchor(f, weight)
+                nearest.append(int(idx[0]))
+            return f
 
     noise = draw_noise(G, backend, n, seed, device)
     if backend == "ldm" and guidance is None:
         guidance = G.cfg.guidance  # the provenance and the report name what was used
     total_gain = float(10 ** (gain_db / 20)) if gain_db is not None else float(gain)
     params = {"sound": sound, "gain": total_gain, "n": n, "seed": seed, "backend": backend,
-              "steps": steps if backend == "ldm" else None, "guidance": guidance, "size": out_size, "sweep_gain": gains}
-    prov = make_provenance(command=command, models={fa_folder.name: fa_folder.provenance(),
-                                                    g_folder.name: g_folder.provenance()}, seed=seed, params=params)
+              "steps": steps if backend == "ldm" else None, "guidance": guidance, "size": out_size, "sweep_gain": gains,
+              "anchor": weight}
+    used = [fa_folder, g_folder] + ([bank_folder] if bank_folder is not None else [])
+    prov = make_provenance(command=command, models={f.name: f.provenance() for f in used}, seed=seed, params=params)
     prov.update(extra_provenance or {})
     written: list[str] = []
     if gains is None:
@@ -369,7 +407,9 @@ def run_imagine(sound: str, *, gain: float = 1.0, gain_db: float | None = None, 
         save_image(plan.strip, sweep_strip(rows, gains), provenance=prov)
         written.append(str(plan.strip))
     return {"sound": sound, "sources": [[p, g] for p, g in sources], "gain": total_gain, "backend": backend,
-            "models": {"audio_encoder": fa_folder.name, "generator": g_folder.name}, "seed": seed, "n": n,
+            "models": {"audio_encoder": fa_folder.name, "generator": g_folder.name,
+                       **({"instances": bank_folder.name} if bank_folder is not None else {})}, "seed": seed, "n": n,
+            "anchor": weight, "anchor_instances": nearest or None,
             "steps": steps if backend == "ldm" else None,
             "guidance": guidance,
             "size": out_size, "model_size": model_size, "note": note,

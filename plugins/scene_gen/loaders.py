@@ -13,6 +13,7 @@ AUDIO_ENCODER = "scene-audio-encoder"
 GAN = "scene-icgan"
 LDM = "scene-ldm"
 EVALUATOR = "scene-evaluator"
+INSTANCES = "scene-instance-bank"
 
 
 def _torch_device(device):
@@ -53,6 +54,12 @@ def load_evaluator(folder, device=None):
     return SceneEvaluator.from_registry(folder, _torch_device(device))
 
 
+def load_instances(folder, device=None):
+    from .instances import InstanceBank
+
+    return InstanceBank.from_registry(folder, _torch_device(device))
+
+
 # architecture -> (task, loader, default model name, description)
 ARCHITECTURES = {
     IMAGE_ENCODER: ("scene-image-embedding", load_image_encoder, "scene-image-encoder-64",
@@ -63,4 +70,6 @@ ARCHITECTURES = {
     LDM: ("scene-generation", load_ldm, "scene-ldm-64", "latent diffusion back end conditioned on z_V, 64 px"),
     EVALUATOR: ("scene-evaluation", load_evaluator, "scene-evaluator-64",
                 "classifier + object-size regressor judging generated scenes (evaluation only)"),
+    INSTANCES: ("scene-instances", load_instances, "scene-instances-64",
+                "f_V features of the training images, the instances `imagine --anchor` pulls a sound toward"),
 }

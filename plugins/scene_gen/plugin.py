@@ -48,6 +48,11 @@ def register_commands(app):
         size: Optional[int] = typer.Option(None, "--size", help="Output size in px (default: the model's). A 64 px model's "
                                            "images are upscaled to 128 when no 128 px model is installed (with a note)."),
         model: Optional[str] = typer.Option(None, "--model", help="Generator: registry name or folder (default scene-gan-64 / scene-ldm-64)."),
+        anchor: Optional[float] = typer.Option(None, "--anchor", help="Pull the sound's feature toward the nearest "
+                                               "training image's by this weight, 0-1 (default: the model's; 0.5 for "
+                                               "scene-gan-64, which keeps the level and scale better; 0 = the paper's)."),
+        instances: Optional[str] = typer.Option(None, "--instances", help="Instance bank for --anchor (default "
+                                                "scene-instances-64)."),
         audio_model: Optional[str] = typer.Option(None, "--audio-model", help="Audio encoder f_A (default scene-audio-encoder-64)."),
         out: Optional[str] = typer.Option(None, "--out", "-o", help="Output PNG or pattern with {i} (image number) and {seed}; "
                                           "default SOUND.imagine.png (SOUND.imagine-{i}.png for --n > 1) next to the first sound."),
@@ -66,7 +71,8 @@ def register_commands(app):
         from .imagine import run_imagine
 
         report = run_imagine(sound, gain=gain, gain_db=gain_db, n=n, seed=seed, backend=backend, steps=steps,
-                             guidance=guidance, size=size, model=model, audio_model=audio_model, out=out, grid=grid,
+                             guidance=guidance, size=size, model=model, anchor=anchor, instances=instances,
+                             audio_model=audio_model, out=out, grid=grid,
                              sweep_gain=sweep_gain, force=force, device=session.current().device())
         if as_json:
             typer.echo(json.dumps(report, indent=2))
@@ -89,7 +95,7 @@ def _imagine_step(params: dict, ctx) -> list[Path]:
     report = run_imagine(
         params["sound"], gain=params["gain"], gain_db=params.get("gain_db"), n=n, seed=params["seed"],
         backend=params.get("backend"), steps=params.get("steps"), guidance=params.get("guidance"), size=params.get("size"),
-        model=params.get("model"),
+        model=params.get("model"), anchor=params.get("anchor"), instances=params.get("instances"),
         audio_model=params.get("audio_model"), out=None if as_grid else params["out"],
         grid=params["out"] if as_grid else None, sweep_gain=sweep, write_images=not as_grid, force=ctx.force,
         device=ctx.device, extra_provenance=ctx.provenance,
@@ -109,7 +115,7 @@ def register_recipe_steps(register):
             "n": Param(int, default=1), "seed": Param(int, default=0),
             "backend": Param(str, choices=BACKENDS, help="gan (the default when installed) or ldm"),
             "steps": Param(int), "guidance": Param(float), "size": Param(int),
-            "model": Param(str), "audio_model": Param(str),
+            "model": Param(str), "audio_model": Param(str), "anchor": Param(float), "instances": Param(str),
             "gain": Param(float, default=1.0), "gain_db": Param(float), "sweep_gain": Param(str),
         },
         help="Imagine the scene of a sound (Sound2Scene).",
