@@ -261,3 +261,9 @@ def test_eval_scene_anchors_the_gans_sound_rows_as_imagine_does(scene_models, tm
     # anchored fully, the GAN draws from training images' own features: row B is a retrieval through G
     assert a["B-gan"]["method"].endswith("(f_A anchored 1)") and "anchored 1 to bank" in md
     assert full["controls"]["retrieval"] == plain["controls"]["retrieval"]
+    if "ldm" in scene_models:  # the LDM's sound rows take their own weight
+        res, md = _eval(scene_models, tmp_path / "l", "--n", "4", "--ldm-anchor", "1", "--instances", str(bank))
+        by = {r["key"]: r for r in res["rows"]}
+        assert res["ldm_anchor"] == 1.0 and res["gan_anchor"] == 0.0
+        assert by["B-ldm"]["method"].endswith("anchored 1)") and by["B-gan"]["method"].endswith("(f_A)")
+        assert "the LDM's anchored 1 to bank" in md

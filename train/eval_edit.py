@@ -77,6 +77,10 @@ def parse(argv=None):
                          "whole picture (the paper's)")
     ap.add_argument("--volume-region", default="none", choices=("none", "auto"),
                     help="the same for the volume edits (none by default, as in the command)")
+    ap.add_argument("--anchor", type=float, default=0.0,
+                    help="pull each sound feature toward the nearest training instance's f_V by this weight "
+                         "(imagine's --anchor; 0: the paper's z_A)")
+    ap.add_argument("--instances", default="scene-instances-64", help="instance bank for --anchor")
     ap.add_argument("--volume-strengths", default="0.5,1,2", help="volume-edit strengths λ")
     ap.add_argument("--volume-gains", default="2,0.5", help="g1,g2 of --louder (--quieter swaps them)")
     ap.add_argument("--topk", type=int, default=5)
@@ -240,6 +244,15 @@ def main(argv=None) -> int:
     models = P.load_models(folders, dev)
     G, fa, fv = models["generator"], models["audio_encoder"], models["image_encoder"]
     ev, ev_folder = load_evaluator(args.evaluator, dev)
+    bank = None
+    if args.anchor:
+        from soundsight import registry
+
+        bank = registry.load(args.instances, dev, task="scene-instances")
+
+    def embed(wave, gains):
+        zs = P.embed_sound(fa, wave, gains, dev)
+        return zs if bank is None else [bank.anchor(z, args.anchor)[0] for z in zs]
     S = G.cfg.image_size
     data = sc.find_scenes(args.data)
     test = scenes.SceneSplit(data, "test")
@@ -298,7 +311,7 @@ def main(argv=None) -> int:
         j = cand[int(rng.integers(len(cand)))]
         cls = int(test.labels[j, 0])
         wave = test.audio([j])[0]
-        (z_ins,) = P.embed_sound(fa, wave, [1.0], dev)
+        (z_ins,) = embed(wave, [1.0])
         ins = edit(inv, edit_conditions(insert_plan, inv.z_v, {"sound": z_ins}), args.region)
         row = {"name": ph["name"], "source": ph["source"], "psnr": float(psnr(recon, inv.target)),
                "ssim": float(ssim(recon, inv.target)), "seconds": inv.metrics["seconds"],
@@ -332,7 +345,7 @@ def main(argv=None) -> int:
         # volume: single-object composites, their own sound
         if ph["source"] == "test-composite" and int(test.n_objects[ph["index"]]) == 1:
             own = test.audio([ph["index"]])[0]
-            za1, za2 = P.embed_sound(fa, own, [g1, g2], dev)
+            za1, za2 = embed(own, [g1, g2])
             vplan = EditPlan("volume", vstrengths)
             loud = edit(inv, edit_conditions(vplan, inv.z_v, {"g1": za1, "g2": za2}), args.volume_region)
             quiet = edit(inv, edit_conditions(vplan, inv.z_v, {"g1": za2, "g2": za1}), args.volume_region)
@@ -357,7 +370,8 @@ def main(argv=None) -> int:
               "setup": {"data": data.name, "n_composites": int(len(idx)), "n_real": len(photos) - int(len(idx)),
                         "inversion": cfg.to_dict(), "seed": args.seed, "topk": args.topk, "strengths": strengths,
                         "insert_rule": args.insert_rule, "region": args.region,
-                        "volume_region": args.volume_region,
+                        "volume_region": args.volume_region, "anchor": args.anchor,
+                        "instances": args.instances if args.anchor else None,
                         "volume_strengths": vstrengths, "volume_gains": [g1, g2], "device": str(dev),
                         "threads": torch.get_num_threads(), "seconds": round(time.time() - t_all, 1),
                         "models": {r: {"name": f.name, "sha256": f.sha256()} for r, f in folders.items()},
@@ -428,7 +442,8 @@ def markdown(summary: dict, setup: dict) -> str:
                      f"{g['ssim']:.3f} | {g['seconds_per_inversion']:.1f} |")
     rule = setup.get("insert_rule", "mix")
     region = setup.get("region", "none")
-    lines += ["", f"Insert a held-out sound, {rule} rule" + (f", region {region}" if region != "none" else "")
+    anchored = f", sound features anchored {setup['anchor']:g}" if setup.get("anchor") else ""
+    lines += ["", f"Insert a held-out sound, {rule} rule" + (f", region {region}" if region != "none" else "") + anchored
               + f" (evaluator top-{k} has its class; before = on the reconstruction; ceiling = the sound's real "
               "object pasted in):", "",
               "| photos | λ | success (edit) | success (composite) | before | ceiling | SSIM outside object | "
@@ -443,7 +458,7 @@ def markdown(summary: dict, setup: dict) -> str:
     if vol:
         vreg = setup.get("volume_region", "none")
         lines += ["", f"Volume edits on {vol['n']} single-object test composites (gains {setup['volume_gains']}"
-                  + (f", region {vreg}" if vreg != "none" else "") + "; "
+                  + (f", region {vreg}" if vreg != "none" else "") + anchored + "; "
                   "evaluator's estimated size vs on the reconstruction; small / large half: photos whose reconstructed object "
                   "the evaluator sizes below / above the median):", "",
                   "| λ | louder → bigger | quieter → smaller | quieter → smaller: small / large half | right direction "

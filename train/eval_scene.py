@@ -65,7 +65,9 @@ def parse(argv=None):
     ap.add_argument("--anchor", type=float, default=None,
                     help="the GAN's --anchor (sound features pulled toward the nearest training instance's; "
                          "default: the GAN card's, 0 without one)")
-    ap.add_argument("--instances", default=None, help="instance bank for --anchor (default: the GAN card's)")
+    ap.add_argument("--ldm-anchor", type=float, default=None,
+                    help="the same for the LDM's sound rows and controls (default: the LDM card's, 0 without one)")
+    ap.add_argument("--instances", default=None, help="instance bank for the anchors (default: the cards')")
     ap.add_argument("--steps", type=int, default=25, help="DDIM steps of the LDM")
     ap.add_argument("--guidance", type=float, default=None, help="LDM guidance (default: the model's)")
     ap.add_argument("--ldm-n", type=int, default=0,
@@ -111,20 +113,22 @@ def load_models(args, dev) -> tuple[dict, dict]:
     return models, refs
 
 
-def gan_anchor(args, refs: dict, dev):
-    """(weight, bank or None, the bank's reference) of the GAN's instance anchoring: ``--anchor`` /
-    ``--instances``, else the GAN card's ``inference`` defaults, as ``imagine`` resolves them."""
+def backend_anchor(key: str, weight_arg, args, refs: dict, dev):
+    """(weight, bank or None, the bank's reference) of a back end's instance anchoring: the option,
+    else the model card's ``inference`` defaults, as ``imagine`` resolves them."""
     from soundsight import registry
     from soundsight.errors import UserError
     from soundsight_plugins.scene_gen.imagine import resolve_anchor
 
+    if key not in refs:
+        return 0.0, None, None
     try:
-        weight, folder = resolve_anchor(registry.resolve(refs["gan"]["path"]), args.anchor, args.instances)
+        weight, folder = resolve_anchor(registry.resolve(refs[key]["path"]), weight_arg, args.instances)
     except UserError as exc:
         raise SystemExit(f"error: {exc}") from None
     if folder is None:
         return 0.0, None, None
-    log(f"GAN conditions anchored {weight:g} to the instances of {folder.name}")
+    log(f"{key.upper()} conditions anchored {weight:g} to the instances of {folder.name}")
     return weight, registry.load(folder, dev), {"name": folder.name, "path": str(folder.path),
                                                   "files": folder.provenance()}
 
@@ -285,11 +289,13 @@ def run(args) -> dict:
         if m is not None and m.cfg.feature_dim != fv.cfg.feature_dim:
             raise SystemExit(f"error: {refs[name]['name']} works with {m.cfg.feature_dim}-d features, "
                              f"{refs['image_encoder']['name']} gives {fv.cfg.feature_dim}")
-    weight, bank, bank_ref = gan_anchor(args, refs, dev)
+    weight, bank, bank_ref = backend_anchor("gan", args.anchor, args, refs, dev)
+    ldm_weight, ldm_bank, ldm_bank_ref = backend_anchor("ldm", args.ldm_anchor, args, refs, dev)
 
-    def anchored(f: torch.Tensor) -> torch.Tensor:
-        """The GAN's condition for audio features, as `imagine` makes it."""
-        return f if bank is None else bank.anchor(f, weight)[0].cpu()
+    def anchored(f: torch.Tensor, backend: str = "gan") -> torch.Tensor:
+        """A back end's condition for audio features, as `imagine` makes it."""
+        w, b = (weight, bank) if backend == "gan" else (ldm_weight, ldm_bank)
+        return f if b is None else b.anchor(f, w)[0].cpu()
 
     labels = torch.from_numpy(split.labels[idx].astype("int64"))
     n_ldm = n if args.ldm_n <= 0 else min(args.ldm_n, n)
@@ -343,10 +349,12 @@ def run(args) -> dict:
         lat = ldm_latents(ldm, n_ldm, torch.Generator().manual_seed(args.seed + 1))
         add_row("A-ldm", "A", f"LDM from the true image's f_V features ({args.steps} DDIM steps)",
                 ldm_images(ldm, z_v[:n_ldm], lat, args.steps, args.guidance, dev, args.batch))
-        add_row("B-ldm", "B", f"ours: LDM from the sound ({args.steps} DDIM steps)",
-                ldm_images(ldm, z_a[:n_ldm], lat, args.steps, args.guidance, dev, args.batch))
+        how_ldm = f", anchored {ldm_weight:g}" if ldm_weight else ""
+        add_row("B-ldm", "B", f"ours: LDM from the sound ({args.steps} DDIM steps{how_ldm})",
+                ldm_images(ldm, anchored(z_a[:n_ldm], "ldm"), lat, args.steps, args.guidance, dev, args.batch))
         add_row("B0-ldm", "B0", "LDM from another class's sound (bias floor)",
-                ldm_images(ldm, z_a[partner[:n_ldm]], lat, args.steps, args.guidance, dev, args.batch), with_fid=False)
+                ldm_images(ldm, anchored(z_a[partner[:n_ldm]], "ldm"), lat, args.steps, args.guidance, dev, args.batch),
+                with_fid=False)
         log(f"LDM rows: {time.time() - t0:.0f}s")
 
     # (C) nearest training image by audio feature
@@ -393,7 +401,7 @@ def run(args) -> dict:
         if backend == "gan":
             return gan_images(G, anchored(feats), noise, dev, args.batch)
         if backend == "ldm":
-            return ldm_images(ldm, feats, noise, args.steps, args.guidance, dev, args.batch)
+            return ldm_images(ldm, anchored(feats, "ldm"), noise, args.steps, args.guidance, dev, args.batch)
         return retrieve(feats)
 
     for backend, k in backends:
@@ -434,6 +442,7 @@ def run(args) -> dict:
     return {"dataset": folder.name, "split": args.split, "n": n, "n_ldm": n_ldm if ldm is not None else 0,
             "classes": n_classes, "classes_in_split": int(len(np.unique(split.labels[idx, 0]))),
             "seed": args.seed, "gan_truncation": args.truncation, "gan_anchor": weight, "gan_instances": bank_ref,
+            "ldm_anchor": ldm_weight, "ldm_instances": ldm_bank_ref,
             "ldm_steps": args.steps if ldm is not None else None,
             "models": refs, "rows": rows, "fid_floor_val_vs_test": fid_floor,
             "random_ranking": {"r1": round(1 / n_classes, 4), "r5": round(min(5, n_classes) / n_classes, 4)},
@@ -462,7 +471,9 @@ def markdown(res: dict) -> str:
              f"({res['classes_in_split']} of {res['classes']} classes{'; ' + what if what else ''}). "
              f"Judge: {res['models']['evaluator']['name']}; one image per sound, seed {res['seed']}"
              + (f"; the GAN's sound features anchored {res['gan_anchor']:g} to {res['gan_instances']['name']}"
-                if res.get("gan_anchor") else "") + ".", "",
+                if res.get("gan_anchor") else "")
+             + (f"; the LDM's anchored {res['ldm_anchor']:g} to {res['ldm_instances']['name']}"
+                if res.get("ldm_anchor") else "") + ".", "",
              "| row | method | R@1 | R@5 | FID (evaluator features) | size corr. |", "|---|---|---|---|---|---|"]
     for r in res["rows"]:
         lines.append(f"| ({r['row']}) | {r['method']} | {r['r1']:.3f} | {r['r5']:.3f} | {_f(r['fid'], 2)} | "
