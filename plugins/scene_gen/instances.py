@@ -6,7 +6,7 @@ surely than an image's: on the val split the shipped GAN kept the level in 0.560
 (monotonic size over 0.25x / 1x / 4x) and FID 8.05. Halfway between f_A and the f_V of the
 training image nearest to it (``anchor``), the condition stays the sound's (its class and
 level decide the neighbour and half the vector) but lies where G was trained: 0.698 and 7.77,
-with the same R@1 (README, imagine section; ``benchmarks``-free: ``eval_scene --anchor``).
+with the same R@1 (README, imagine section; measured by ``eval_scene --anchor``).
 
 The bank is its own registry model (``scene-instances-64``), built by
 ``python -m soundsight_train.scene_instances`` from the scenes dataset's training images with
