@@ -60,6 +60,7 @@ SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
 
 def parse(argv=None):
     from soundsight_plugins.latent_edit.edits import INSERT_RULES
+    from soundsight_plugins.latent_edit.plugin import DEFAULT_REGION
 
     ap = argparse.ArgumentParser(prog="python -m soundsight_train.eval_edit", description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=None, help="scenes dataset folder or data root (default: scenes-5s-s0)")
@@ -71,16 +72,16 @@ def parse(argv=None):
     ap.add_argument("--strengths", default="0.5,0.75,1", help="insert strengths λ")
     ap.add_argument("--insert-rule", default="mix", choices=INSERT_RULES,
                     help="mix: (1 - λ) z_V + λ z_A (the paper's); add: z_V + λ (z_A - μ)")
-    ap.add_argument("--region", default="auto", choices=("none", "auto"),
+    ap.add_argument("--region", default=DEFAULT_REGION["insert"], choices=("none", "auto"),
                     help="inserts (the command's --region, auto by default): the edited condition only inside the "
                          "square where the whole-image edit drew its change, the inverted z_V outside it; none: the "
                          "whole picture (the paper's)")
-    ap.add_argument("--volume-region", default="none", choices=("none", "auto"),
+    ap.add_argument("--volume-region", default=DEFAULT_REGION["volume"], choices=("none", "auto"),
                     help="the same for the volume edits (none by default, as in the command)")
     ap.add_argument("--anchor", type=float, default=0.0,
                     help="pull each sound feature toward the nearest training instance's f_V by this weight "
                          "(imagine's --anchor; 0: the paper's z_A)")
-    ap.add_argument("--instances", default="scene-instances-64", help="instance bank for --anchor")
+    ap.add_argument("--instances", default=None, help="instance bank for --anchor (default scene-instances-64)")
     ap.add_argument("--volume-strengths", default="0.5,1,2", help="volume-edit strengths λ")
     ap.add_argument("--volume-gains", default="2,0.5", help="g1,g2 of --louder (--quieter swaps them)")
     ap.add_argument("--topk", type=int, default=5)
@@ -230,7 +231,7 @@ def main(argv=None) -> int:
     from soundsight.errors import UserError
     from soundsight_plugins.latent_edit import pipeline as P
     from soundsight_plugins.latent_edit.edits import (EditPlan, composite, edit_conditions, feature_mean,
-                                                      region_masks, render)
+                                                      render_edits)
     from soundsight_plugins.latent_edit.invert import InversionConfig, invert, psnr, ssim, to_model_size
     from soundsight_train import scene_common as sc
     from soundsight_train import scenes
@@ -244,11 +245,14 @@ def main(argv=None) -> int:
     models = P.load_models(folders, dev)
     G, fa, fv = models["generator"], models["audio_encoder"], models["image_encoder"]
     ev, ev_folder = load_evaluator(args.evaluator, dev)
-    bank = None
-    if args.anchor:
-        from soundsight import registry
+    from soundsight import registry
+    from soundsight_plugins.scene_gen.imagine import resolve_anchor
 
-        bank = registry.load(args.instances, dev, task="scene-instances")
+    try:  # checks the bank against G's image encoder, as imagine does
+        _, bank_folder = resolve_anchor(folders["generator"], args.anchor, args.instances)
+    except UserError as exc:
+        raise SystemExit(f"error: {exc}")
+    bank = registry.load(bank_folder, dev) if bank_folder is not None else None
 
     def embed(wave, gains):
         zs = P.embed_sound(fa, wave, gains, dev)
@@ -294,11 +298,7 @@ def main(argv=None) -> int:
     masks_all = pasted_masks(test, S, log)  # the test objects' own masks, for the pasted ceiling
 
     def edit(inv, conds, region):
-        out = render(inv.generator, inv.z_n, conds)
-        if region == "none":
-            return out
-        masks, _ = region_masks(region, out, inv.recon)
-        return render(inv.generator, inv.z_n, conds, outside=inv.z_v, masks=masks)
+        return render_edits(inv.generator, inv.z_n, conds, inv.z_v, inv.recon, region)[0]
 
     rows, examples = [], []
     t_all = time.time()
@@ -371,7 +371,7 @@ def main(argv=None) -> int:
                         "inversion": cfg.to_dict(), "seed": args.seed, "topk": args.topk, "strengths": strengths,
                         "insert_rule": args.insert_rule, "region": args.region,
                         "volume_region": args.volume_region, "anchor": args.anchor,
-                        "instances": args.instances if args.anchor else None,
+                        "instances": bank_folder.name if bank_folder is not None else None,
                         "volume_strengths": vstrengths, "volume_gains": [g1, g2], "device": str(dev),
                         "threads": torch.get_num_threads(), "seconds": round(time.time() - t_all, 1),
                         "models": {r: {"name": f.name, "sha256": f.sha256()} for r, f in folders.items()},

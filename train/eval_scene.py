@@ -113,9 +113,10 @@ def load_models(args, dev) -> tuple[dict, dict]:
     return models, refs
 
 
-def backend_anchor(key: str, weight_arg, args, refs: dict, dev):
+def backend_anchor(key: str, weight_arg, args, refs: dict, dev, loaded: dict):
     """(weight, bank or None, the bank's reference) of a back end's instance anchoring: the option,
-    else the model card's ``inference`` defaults, as ``imagine`` resolves them."""
+    else the model card's ``inference`` defaults, as ``imagine`` resolves them. ``loaded`` keeps
+    the banks by folder, so back ends sharing one load it once."""
     from soundsight import registry
     from soundsight.errors import UserError
     from soundsight_plugins.scene_gen.imagine import resolve_anchor
@@ -129,8 +130,10 @@ def backend_anchor(key: str, weight_arg, args, refs: dict, dev):
     if folder is None:
         return 0.0, None, None
     log(f"{key.upper()} conditions anchored {weight:g} to the instances of {folder.name}")
-    return weight, registry.load(folder, dev), {"name": folder.name, "path": str(folder.path),
-                                                  "files": folder.provenance()}
+    if str(folder.path) not in loaded:
+        loaded[str(folder.path)] = registry.load(folder, dev)
+    return weight, loaded[str(folder.path)], {"name": folder.name, "path": str(folder.path),
+                                              "files": folder.provenance()}
 
 
 def _installed(name: str) -> bool:
@@ -289,8 +292,9 @@ def run(args) -> dict:
         if m is not None and m.cfg.feature_dim != fv.cfg.feature_dim:
             raise SystemExit(f"error: {refs[name]['name']} works with {m.cfg.feature_dim}-d features, "
                              f"{refs['image_encoder']['name']} gives {fv.cfg.feature_dim}")
-    weight, bank, bank_ref = backend_anchor("gan", args.anchor, args, refs, dev)
-    ldm_weight, ldm_bank, ldm_bank_ref = backend_anchor("ldm", args.ldm_anchor, args, refs, dev)
+    banks: dict = {}
+    weight, bank, bank_ref = backend_anchor("gan", args.anchor, args, refs, dev, banks)
+    ldm_weight, ldm_bank, ldm_bank_ref = backend_anchor("ldm", args.ldm_anchor, args, refs, dev, banks)
 
     def anchored(f: torch.Tensor, backend: str = "gan") -> torch.Tensor:
         """A back end's condition for audio features, as `imagine` makes it."""

@@ -32,7 +32,6 @@ import torch.nn.functional as F
 MODES = ("insert", "volume")
 INSERT_RULES = ("mix", "add")
 COMPOSITES = ("masked", "residual", "none")
-REGIONS = ("none", "auto")  # or a box
 AUTO_SHARE = 0.5  # the auto square is the smallest that holds this share of the whole-image edit's change
 AUTO_SIDES = (0.25, 0.75)  # its side, as a fraction of the model size: at least / at most
 
@@ -157,6 +156,18 @@ def box_mask(box, size: int, soft: float | None = None) -> torch.Tensor:
     xs = torch.arange(size, dtype=torch.float32)[None, :] + 0.5
     m = ((xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)).float()[None, None]
     return _blur(m, size / 32 if soft is None else soft).clamp(0, 1)
+
+
+@torch.no_grad()
+def render_edits(G, z_n: torch.Tensor, conditions: torch.Tensor, z_v: torch.Tensor, recon: torch.Tensor,
+                 region="none") -> tuple[torch.Tensor, list]:
+    """The edits (B, 3, S, S) and their region boxes: the whole picture for ``region`` ``none``,
+    else rendered again with the edited conditions inside ``region_masks`` and z_V outside."""
+    edits = render(G, z_n, conditions)
+    if region == "none":
+        return edits, []
+    masks, boxes = region_masks(region, edits, recon)
+    return render(G, z_n, conditions, outside=z_v, masks=masks), boxes
 
 
 def region_masks(region, edits: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, list]:

@@ -228,7 +228,7 @@ def run_edit(photo: np.ndarray, wave: np.ndarray, models: dict, *, mode: str, st
     is ``none``, ``auto`` or a box in photo fractions (``parse_region``)."""
     import torch
 
-    from .edits import EditPlan, composite, edit_conditions, feature_mean, region_masks, render
+    from .edits import EditPlan, composite, edit_conditions, feature_mean, render_edits
     from .invert import InversionConfig, invert, to_model_size
 
     G, fv, fa = models["generator"], models["image_encoder"], models["audio_encoder"]
@@ -252,12 +252,7 @@ def run_edit(photo: np.ndarray, wave: np.ndarray, models: dict, *, mode: str, st
         z1, z2 = embed_sound(fa, wave, gains, device)
         z_a = {"g1": z1, "g2": z2}
     conds = edit_conditions(plan, inv.z_v, z_a)
-    with torch.no_grad():
-        edits = render(inv.generator, inv.z_n, conds)
-        boxes = []
-        if model_region != "none":
-            masks, boxes = region_masks(model_region, edits, inv.recon)
-            edits = render(inv.generator, inv.z_n, conds, outside=inv.z_v, masks=masks)
+    edits, boxes = render_edits(inv.generator, inv.z_n, conds, inv.z_v, inv.recon, model_region)
     comps = composite(photo, box, inv.recon, edits, how=composite_how)
     t2 = time.perf_counter()
     return EditResult(photo=photo, box=box, target=inv.target.cpu(), recon=inv.recon.cpu(), edits=edits.cpu(),

@@ -76,6 +76,7 @@ def run_edit_command(image: Path, sound: str, *, strength: Optional[float] = Non
     if strength is None:
         strength = DEFAULT_STRENGTH[mode]
     region_value = P.parse_region(DEFAULT_REGION[mode] if region is None else region)
+    region_report = region_value if isinstance(region_value, str) else list(region_value)
     if not math.isfinite(strength):
         raise InputError(f"--strength must be a finite number, got {strength}")
     sweep_values = P.parse_strengths(sweep) if sweep else None
@@ -122,7 +123,7 @@ def run_edit_command(image: Path, sound: str, *, strength: Optional[float] = Non
     params = {"image": str(image), "sound": sound, "mode": mode, "strength": strength, "gains": list(gain_pair),
               "sweep": sweep_values, "steps": result.inversion["steps"], "refine": refine, "seed": seed,
               "gain": gain, "composite": composite, "rule": insert_rule,
-              "region": region_value if isinstance(region_value, str) else list(region_value)}
+              "region": region_report}
     prov = make_provenance(models={f.name: f.provenance() for f in folders.values()}, seed=seed, params=params)
     prov.update(extra_provenance or {})
     save_image(out, result.composites[0], provenance=prov)
@@ -148,7 +149,7 @@ def run_edit_command(image: Path, sound: str, *, strength: Optional[float] = Non
         "device": str(device), "seed": seed,
         "inversion": result.inversion,
         "edit_mean_abs_change": round(change, 4),
-        "region": region_value if isinstance(region_value, str) else list(region_value),
+        "region": region_report,
         "region_boxes_model_px": result.regions or None,
         "sound_level": P.sound_level(wave, folders["audio_encoder"]),
         "timings": {"load_inputs_s": round(t_load - t_start, 3), "load_models_s": round(t_models - t_load, 3),

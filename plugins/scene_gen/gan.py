@@ -130,10 +130,7 @@ class CBN(nn.Module):
 
 def _fit_mask(mask: torch.Tensor, size) -> torch.Tensor:
     """The region mask at a feature map's resolution (area-averaged, so a soft edge stays soft)."""
-    if tuple(mask.shape[-2:]) == tuple(size):
-        return mask
-    return F.adaptive_avg_pool2d(mask, size) if mask.shape[-1] > size[-1] else \
-        F.interpolate(mask, size=size, mode="bilinear", align_corners=False)
+    return F.adaptive_avg_pool2d(mask, size)
 
 
 class SelfAttention(nn.Module):

@@ -5,9 +5,10 @@ Pipeline: the mix expression is loaded with the core's ``load_mix`` (per-source 
 length (shorter sounds are tiled, longer ones cropped from the start). The level is kept on
 purpose: the audio encoder's front end does not normalise loudness away, so a louder sound is a
 bigger / closer object. f_A(audio) → the feature z_A → the GAN generator G(z_N, z_A) or the
-LDM's DDIM sampler → PNGs with provenance. With ``--anchor W`` (the shipped GAN's card sets
-0.5) z_A is first pulled toward the nearest training instance's f_V (``instances.anchor``). The noise comes from the seed alone: the same seed
-and the same sound give the same images, and a gain sweep uses the same noise at every gain.
+LDM's DDIM sampler → PNGs with provenance. With ``--anchor W`` (both shipped cards set 0.5) z_A
+is first pulled toward the nearest training instance's f_V (``instances.anchor``). The noise
+comes from the seed alone: the same seed and the same sound give the same images, and a gain
+sweep uses the same noise at every gain.
 """
 
 from __future__ import annotations
@@ -98,6 +99,11 @@ def resolve_model(name: str, task: str, what: str, default: bool):
     return registry.resolve(name, task=task)
 
 
+def conditioned_on(folder) -> dict | None:
+    """The image encoder's files a model's card says it was made with (None when it does not say)."""
+    return ((folder.card.get("conditioning") or {}).get("image_encoder") or {}).get("files")
+
+
 def resolve_anchor(g_folder, anchor: float | None, instances: str | None):
     """(weight, bank folder or None): ``--anchor`` / ``--instances``, else the generator card's
     ``inference`` defaults (none: no anchoring). The bank must come from the image encoder the
@@ -112,8 +118,7 @@ def resolve_anchor(g_folder, anchor: float | None, instances: str | None):
         return 0.0, None
     name = instances or inference.get("instances") or DEFAULT_INSTANCES
     folder = resolve_model(name, "scene-instances", "instance bank", default=instances is None)
-    want = ((g_folder.card.get("conditioning") or {}).get("image_encoder") or {}).get("files")
-    have = ((folder.card.get("conditioning") or {}).get("image_encoder") or {}).get("files")
+    want, have = conditioned_on(g_folder), conditioned_on(folder)
     if want and have and want != have:
         raise ModelError(f"the instance bank {folder.name} was made with another image encoder than {g_folder.name} "
                          "was conditioned on; rebuild it with `python -m soundsight_train.scene_instances "
@@ -277,7 +282,8 @@ def sweep_strip(rows: list[list[np.ndarray]], gains: list[float], pad: int = 2):
 def run_imagine(sound: str, *, gain: float = 1.0, gain_db: float | None = None, n: int = 1, seed: int = 0,
                 backend: str | None = None, steps: int | None = None, guidance: float | None = None,
                 size: int | None = None, model: str | None = None, anchor: float | None = None,
-                instances: str | None = None, audio_model: str | None = None, out=None, grid=None, sweep_gain: str | None = None,
+                instances: str | None = None, audio_model: str | None = None, out=None, grid=None,
+                sweep_gain: str | None = None,
                 write_images: bool = True, force: bool = False, device=None, extra_provenance: dict | None = None,
                 command: str | None = None) -> dict:
     """The whole command: validate, plan outputs, load, generate, write. Returns the JSON report."""
@@ -348,7 +354,7 @@ def run_imagine(sound: str, *, gain: float = 1.0, gain_db: float | None = None, 
         raise ModelError(f"{g_folder.name} is conditioned on {G.cfg.feature_dim}-d features but {fa_folder.name} "
                          f"gives {fa.cfg.feature_dim}-d ones; they were not trained together")
     f_ref = ((fa_folder.card.get("aligned_to") or {}).get("image_encoder") or {}).get("files")
-    g_ref = ((g_folder.card.get("conditioning") or {}).get("image_encoder") or {}).get("files")
+    g_ref = conditioned_on(g_folder)
     if f_ref and g_ref and f_ref != g_ref:
         console.warn(f"{fa_folder.name} was aligned to a different image encoder than {g_folder.name} was "
                      "trained on; the images may not match the sound")
